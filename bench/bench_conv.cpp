@@ -1,0 +1,165 @@
+// The ResNet-20 convolution layers at batch 128, each pass separately, beside PyTorch 1.13's
+// float32 conv2d on the same shapes in the same run (bench/pytorch_conv.py) and beside this
+// machine's measured peaks (bench/peak.h).
+//
+//   build/bench/bench_conv [--threads 2] [--repetitions 7] [--batch 128] [--no-pytorch]
+//
+// Columns, all in G multiply-adds/s (median of repetitions):
+//   int        integer kernel on quantized operands (m3e0/g3/sample A and E, m3e0/g3/channel W)
+//   int+q      the same plus the quantization of both inputs
+//   f32        our float32 kernel
+//   torch      PyTorch float32
+// then int / torch, f32 / torch and int as a fraction of the int8 (or i16) dot-product peak.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+
+#include "conv.h"
+#include "dispatch.h"
+#include "peak.h"
+
+namespace {
+
+using namespace lowbit;
+
+struct Layer {
+    const char *name;
+    int64_t C, O, H, K, stride;
+};
+
+const Layer kLayers[] = {
+    {"16->16 32x32", 16, 16, 32, 3, 1},  {"16->32 s2", 16, 32, 32, 3, 2}, {"32->32 16x16", 32, 32, 16, 3, 1},
+    {"32->64 s2", 32, 64, 16, 3, 2},     {"64->64 8x8", 64, 64, 8, 3, 1}, {"1x1 16->32 s2", 16, 32, 32, 1, 2},
+    {"1x1 32->64 s2", 32, 64, 16, 1, 2},
+};
+const char *kPasses[] = {"forward", "backward-data", "backward-weight"};
+
+double median_ms(const std::function<void()> &fn, int repetitions) {
+    fn();  // warm up: first-touch of outputs, thread pool start
+    std::vector<double> t;
+    for (int i = 0; i < repetitions; i++) {
+        const auto start = std::chrono::steady_clock::now();
+        fn();
+        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+Tensor random_tensor(const Shape &shape, uint32_t seed, bool relu) {
+    Tensor t(shape);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (int64_t k = 0; k < t.numel(); k++) t[k] = relu ? std::max(0.0f, dist(rng)) : dist(rng);
+    return t;
+}
+
+// PyTorch's medians by (layer, pass), from bench/pytorch_conv.py run now.
+std::map<std::pair<std::string, std::string>, double> run_pytorch(int threads, int repetitions, int batch) {
+    std::map<std::pair<std::string, std::string>, double> ms;
+    const std::string cmd = fmt::format("/usr/bin/python3 {}/pytorch_conv.py --threads {} --repetitions {} --batch {}",
+                                        LOWBIT_BENCH_DIR, threads, repetitions, batch);
+    FILE *pipe = popen(cmd.c_str(), "r");
+    if (pipe == nullptr) return ms;
+    char line[512];
+    while (std::fgets(line, sizeof line, pipe)) {
+        char layer[128], pass[64];
+        double value;
+        if (std::sscanf(line, "%127[^\t]\t%63[^\t]\t%lf", layer, pass, &value) == 3) ms[{layer, pass}] = value;
+    }
+    if (pclose(pipe) != 0) fmt::print(stderr, "bench_conv: PyTorch side failed ({}); its columns stay empty\n", cmd);
+    return ms;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    int threads = 2, repetitions = 7, batch = 128;
+    bool pytorch = true;
+    for (int i = 1; i < argc; i++) {
+        const std::string a = argv[i];
+        if (a == "--threads" && i + 1 < argc)
+            threads = std::atoi(argv[++i]);
+        else if (a == "--repetitions" && i + 1 < argc)
+            repetitions = std::atoi(argv[++i]);
+        else if (a == "--batch" && i + 1 < argc)
+            batch = std::atoi(argv[++i]);
+        else if (a == "--no-pytorch")
+            pytorch = false;
+        else {
+            fmt::print(stderr, "usage: bench_conv [--threads N] [--repetitions N] [--batch N] [--no-pytorch]\n");
+            return 2;
+        }
+    }
+    set_num_threads(threads);
+    const Peaks peaks = measure_peaks(threads);
+    const Format a_format = parse_format("m3e0/g3/sample"), w_format = parse_format("m3e0/g3/channel");
+    const Format e_format = parse_format("m3e0/g3/sample");
+    fmt::print("ResNet-20 conv layers, batch {}, {} threads, kernels: {}, median of {}\n", batch, threads,
+               to_string(forced_isa().value_or(best_isa())), repetitions);
+    fmt::print("machine peaks: {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", peaks.integer_name, peaks.integer_gmacs,
+               peaks.float_gmacs);
+
+    struct Row {
+        std::string layer, pass;
+        double macs, int_ms, intq_ms, f32_ms;
+    };
+    std::vector<Row> rows;
+    for (const Layer &l : kLayers) {
+        const ConvGeometry g{int(l.stride), int(l.K / 2)};
+        const Shape a_shape = {batch, l.C, l.H, l.H}, w_shape = {l.O, l.C, l.K, l.K};
+        const Shape y_shape = conv_output_shape(a_shape, w_shape, g);
+        const Tensor a = random_tensor(a_shape, 1, true), w = random_tensor(w_shape, 2, false);
+        const Tensor e = random_tensor(y_shape, 3, false);
+        const double macs = double(y_shape[0]) * y_shape[1] * y_shape[2] * y_shape[3] * l.C * l.K * l.K;
+        QuantizedTensor qa, qw, qe;
+        auto quantize_inputs = [&](int pass) {
+            if (pass != 1) quantize_into(qa, a, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
+            if (pass != 2) quantize_into(qw, w, w_format, Rounding::nearest, 0, 0, 1, TensorRole::weight);
+            if (pass != 0) quantize_into(qe, e, e_format, Rounding::stochastic, 1, 0, 2, TensorRole::error);
+        };
+        for (int pass = 0; pass < 3; pass++) {
+            quantize_inputs(pass);
+            std::function<void()> run_int, run_f32;
+            if (pass == 0) {
+                run_int = [&] { conv_forward(qa, qw, g); };
+                run_f32 = [&] { conv_forward(a, w, g); };
+            } else if (pass == 1) {
+                run_int = [&] { conv_backward_data(qe, qw, a_shape, g); };
+                run_f32 = [&] { conv_backward_data(e, w, a_shape, g); };
+            } else {
+                run_int = [&] { conv_backward_weight(qe, qa, int(l.K), g); };
+                run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
+            }
+            const double int_ms = median_ms(run_int, repetitions);
+            const double intq_ms = median_ms(
+                [&] {
+                    quantize_inputs(pass);
+                    run_int();
+                },
+                repetitions);
+            const double f32_ms = median_ms(run_f32, repetitions);
+            rows.push_back({l.name, kPasses[pass], macs, int_ms, intq_ms, f32_ms});
+        }
+    }
+    const auto torch_ms =
+        pytorch ? run_pytorch(threads, repetitions, batch) : std::map<std::pair<std::string, std::string>, double>{};
+
+    fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
+               "torch", "int/torch", "f32/torch", "int/peak");
+    for (const Row &r : rows) {
+        auto gmacs = [&](double ms) { return r.macs / (ms * 1e6); };
+        const auto it = torch_ms.find({r.layer, r.pass});
+        const double torch = it == torch_ms.end() ? 0.0 : gmacs(it->second);
+        fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer, r.pass,
+                   gmacs(r.int_ms), gmacs(r.intq_ms), gmacs(r.f32_ms), torch, torch > 0 ? gmacs(r.int_ms) / torch : 0.0,
+                   torch > 0 ? gmacs(r.f32_ms) / torch : 0.0, gmacs(r.int_ms) / peaks.integer_gmacs);
+    }
+    return 0;
+}

@@ -1,0 +1,105 @@
+// conv_backward_data (method.md section 1): dA = conv_transpose(E, W), the gradient of
+// conv_forward with respect to its input.
+//
+// A forward output y = sum_kx A(y s + kx - p) W(kx) sends E(y) W(kx) back to input
+// ix = y s + kx - p. Dilating E by the stride (zeros between samples) and flipping the kernel
+// makes that a stride-1 correlation, the same one conv_forward computes:
+//   dA(ix) = sum_{kx', o} Ed(ix + kx' - (K - 1 - p)) W(K - 1 - kx', c, o),  Ed(u) = E(u / s) if s | u.
+// (At stride 2, three quarters of Ed are zeros; a polyphase split would skip them.)
+//   integer: int8 E and W, int32 sums, dA = acc * error_scale(n) * weight_scale(c), in double.
+//   float:   the float32 baseline.
+#include "conv_common.h"
+
+namespace {
+
+using namespace Halide;
+using namespace lowbit::conv;
+using lowbit::schedules::ConvPipeline;
+
+// Ed(u, v) of the comment above at packed position (x, y): E dilated by `stride` and shifted
+// by K - 1 - pad, zero between samples and outside E.
+template <class T>
+Expr dilated(Func e, const Expr &x, const Expr &y, const Expr &channel, const Expr &n, const Expr &kernel,
+             const Expr &stride, const Expr &pad) {
+    Expr u = x - (kernel - 1 - pad), v = y - (kernel - 1 - pad);
+    return select(u % stride == 0 && v % stride == 0, e(u / stride, v / stride, channel, n), cast<T>(0));
+}
+
+class ConvBackwardData : public Generator<ConvBackwardData> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<int8_t, 4>> errors{"errors"};              // (x, y, o, n): dL/dY
+    Input<Buffer<int8_t, 4>> weights{"weights"};            // (kx, ky, c, o)
+    Input<Buffer<double, 1>> error_scale{"error_scale"};    // (n)
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};  // (c)
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o2("o2");
+        Expr kernel = weights.dim(0).extent();
+        Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
+        Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
+        p.packed_input(j, x, y, o2, n) =
+            cast<int16_t>(dilated<int8_t>(e, x, y, channel_pair(o2, j), n, kernel, stride, pad));
+        p.packed_weights(j, x, y, o2, k) = cast<int16_t>(w(kernel - 1 - x, kernel - 1 - y, k, channel_pair(o2, j)));
+        define_correlation(p, kernel, errors.dim(2).extent(), 1, Int(32));
+        output(x, y, k, n) =
+            strict_float(cast<float>(cast<double>(p.accumulator(x, y, k, n)) * error_scale(n) * weight_scale(k)));
+        p.output = output;
+
+        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        weights.set_estimates(
+            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        error_scale.set_estimates({{0, kEstimateBatch}});
+        weight_scale.set_estimates({{0, kEstimateChannels}});
+        stride.set_estimate(1);
+        pad.set_estimate(1);
+        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
+class ConvBackwardDataFloat : public Generator<ConvBackwardDataFloat> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<float, 4>> errors{"errors"};    // (x, y, o, n)
+    Input<Buffer<float, 4>> weights{"weights"};  // (kx, ky, c, o)
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o("o");
+        p.pairs = false;
+        Expr kernel = weights.dim(0).extent();
+        Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
+        p.packed_input(j, x, y, o, n) = dilated<float>(e, x, y, o, n, kernel, stride, pad);
+        p.packed_weights(j, x, y, o, k) = weights(kernel - 1 - x, kernel - 1 - y, k, o);
+        define_correlation(p, kernel, errors.dim(2).extent(), 1, Float(32));
+        output(x, y, k, n) = p.accumulator(x, y, k, n);
+        p.output = output;
+
+        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        weights.set_estimates(
+            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        stride.set_estimate(1);
+        pad.set_estimate(1);
+        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
+}  // namespace
+
+HALIDE_REGISTER_GENERATOR(ConvBackwardData, conv_backward_data)
+HALIDE_REGISTER_GENERATOR(ConvBackwardDataFloat, conv_backward_data_float)

@@ -1,0 +1,91 @@
+// conv_forward (method.md section 1): Y = conv(A, W), stride 1 or 2, zero padding.
+//   integer: quantized A (N,C,H,W) and W (O,C,K,K) as int8 element values; int32 sums, exact;
+//            Y = acc * input_scale(n) * weight_scale(o), in double, rounded once to float.
+//            The scales are S 2^-e / qmax of each operand's group; the runtime splits operands
+//            whose groups vary along the reduction (runtime/conv.cpp), so here they do not.
+//   float:   the same correlation on float32 operands, the float32 baseline.
+// Algorithms only: schedules/ decides loops, vectors, threads.
+#include "conv_common.h"
+
+namespace {
+
+using namespace Halide;
+using namespace lowbit::conv;
+using lowbit::schedules::ConvPipeline;
+
+class ConvForward : public Generator<ConvForward> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<int8_t, 4>> input{"input"};                // (x, y, c, n)
+    Input<Buffer<int8_t, 4>> weights{"weights"};            // (kx, ky, c, o)
+    Input<Buffer<double, 1>> input_scale{"input_scale"};    // (n)
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};  // (o)
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c2("c2");
+        Func a = BoundaryConditions::constant_exterior(input, cast<int8_t>(0));
+        Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
+        p.packed_input(j, x, y, c2, n) = cast<int16_t>(a(x - pad, y - pad, channel_pair(c2, j), n));
+        p.packed_weights(j, x, y, c2, k) = cast<int16_t>(w(x, y, channel_pair(c2, j), k));
+        define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Int(32));
+        // strict_float: the same rounding on every target (no FMA contraction).
+        output(x, y, k, n) =
+            strict_float(cast<float>(cast<double>(p.accumulator(x, y, k, n)) * input_scale(n) * weight_scale(k)));
+        p.output = output;
+
+        input.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        weights.set_estimates(
+            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        input_scale.set_estimates({{0, kEstimateBatch}});
+        weight_scale.set_estimates({{0, kEstimateChannels}});
+        stride.set_estimate(1);
+        pad.set_estimate(1);
+        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
+class ConvForwardFloat : public Generator<ConvForwardFloat> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<float, 4>> input{"input"};      // (x, y, c, n)
+    Input<Buffer<float, 4>> weights{"weights"};  // (kx, ky, c, o)
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c("c");
+        p.pairs = false;
+        Func a = BoundaryConditions::constant_exterior(input, 0.0f);
+        p.packed_input(j, x, y, c, n) = a(x - pad, y - pad, c, n);
+        p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
+        define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Float(32));
+        output(x, y, k, n) = p.accumulator(x, y, k, n);
+        p.output = output;
+
+        input.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        weights.set_estimates(
+            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        stride.set_estimate(1);
+        pad.set_estimate(1);
+        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
+}  // namespace
+
+HALIDE_REGISTER_GENERATOR(ConvForward, conv_forward)
+HALIDE_REGISTER_GENERATOR(ConvForwardFloat, conv_forward_float)

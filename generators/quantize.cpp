@@ -1,0 +1,320 @@
+// The quantize pipeline (method.md sections 2 and 3): float32 tensors to LB element values,
+// group exponents and a tensor scale, and back.
+//
+// Every tensor is seen through a 3-d view (i, g, o) of its row-major data, chosen by the
+// runtime (runtime/quantize.cpp) so that one group structure serves every group axis:
+//   grouped (none, sample, channel): one group per index g, over all i and o;
+//   blocked (blockK):                one group per (i, g / K, o), K consecutive g.
+// The element index that seeds stochastic rounding is i + I (g + G o), the element's
+// position in the tensor whatever the view.
+//
+// Algorithms only: the schedules live in schedules/, chosen by target.
+#include "../schedules/cuda.h"
+#include "../schedules/x86.h"
+#include "Halide.h"
+#include "format.h"
+#include "halide_ops.h"
+
+namespace {
+
+using namespace Halide;
+using lowbit::HalideOps;
+using lowbit::schedules::ElementwiseParams;
+using lowbit::schedules::ElementwisePipeline;
+using lowbit::schedules::QuantizeScalesPipeline;
+
+// |x| as the bits of a float: ordered like |x| for finite values, and >= 0x7f800000 for
+// Inf and NaN, so an integer max finds the scale and flags bad input in one pass.
+Expr magnitude_bits(const Expr &x) { return reinterpret<uint32_t>(x) & 0x7fffffff; }
+
+// Estimates for the shipped autoschedulers and for bounds: a 128x64x32x32 activation.
+constexpr int kEstimateRow = 32 * 32, kEstimateGroups = 64, kEstimateOuter = 128;
+
+template <class Gen>
+ElementwiseParams elementwise_params(const Gen &gen) {
+    ElementwiseParams p;
+    p.vector_width = gen.vector_width;
+    p.task_elements = gen.task_elements;
+    p.gpu_threads = gen.gpu_threads;
+    return p;
+}
+
+void schedule_elementwise(const Target &target, const ElementwisePipeline &p, const ElementwiseParams &params) {
+    if (target.has_gpu_feature()) {
+        lowbit::schedules::cuda::schedule_elementwise(p, params);
+    } else {
+        lowbit::schedules::x86::schedule_elementwise(p, params, target);
+    }
+}
+
+#define LOWBIT_ELEMENTWISE_KNOBS                                 \
+    GeneratorParam<int> vector_width{"vector_width", 0};         \
+    GeneratorParam<int> task_elements{"task_elements", 1 << 15}; \
+    GeneratorParam<int> gpu_threads{"gpu_threads", 256};
+
+// ---------------------------------------------------------------------------------------
+// Tensor scale S = max|x|, group exponents e_g = min(2^G - 1, floor(log2(S / max|x_g|))).
+class QuantizeScales : public Generator<QuantizeScales> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, g, o)
+    Input<int> max_group_exponent{"max_group_exponent"};
+    Output<Buffer<uint8_t, 1>> group_exponent{"group_exponent"};  // (g)
+    // S; Inf or NaN when the input holds one: the runtime then reports the bad input.
+    Output<Buffer<float, 0>> tensor_scale{"tensor_scale"};
+
+    void generate() {
+        p.row_length = input.dim(0).extent();
+        p.over_row = RDom(0, input.dim(0).extent(), "over_row");
+        p.over_rows = RDom(0, input.dim(2).extent(), "over_rows");
+        p.over_groups = RDom(0, input.dim(1).extent(), "over_groups");
+        Var g = p.g, o = p.o;
+
+        p.row_max(g, o) = cast<uint32_t>(0);
+        p.row_max(g, o) = max(p.row_max(g, o), magnitude_bits(input(p.over_row, g, o)));
+        p.group_max(g) = cast<uint32_t>(0);
+        p.group_max(g) = max(p.group_max(g), p.row_max(g, p.over_rows));
+        p.tensor_max() = cast<uint32_t>(0);
+        p.tensor_max() = max(p.tensor_max(), p.group_max(p.over_groups));
+
+        Expr scale = reinterpret<float>(p.tensor_max());
+        Expr group = reinterpret<float>(p.group_max(g));
+        group_exponent(g) = cast<uint8_t>(
+            lowbit::group_exponent<HalideOps>(cast<double>(scale), cast<double>(group), max_group_exponent));
+        tensor_scale() = scale;
+        p.group_exponent = group_exponent;
+        p.tensor_scale = tensor_scale;
+
+        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        max_group_exponent.set_estimate(7);
+        group_exponent.set_estimates({{0, kEstimateGroups}});
+    }
+
+    void schedule() {
+        if (get_target().has_gpu_feature()) {
+            lowbit::schedules::cuda::schedule_quantize_scales(p, elementwise_params(*this));
+        } else {
+            lowbit::schedules::x86::schedule_quantize_scales(p, elementwise_params(*this), get_target());
+        }
+    }
+
+private:
+    QuantizeScalesPipeline p;
+};
+
+// The same for block groups: one group per (i, b, o), over channels g in [b K, b K + K).
+class QuantizeScalesBlock : public Generator<QuantizeScalesBlock> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, o)
+    Input<int> max_group_exponent{"max_group_exponent"};
+    Input<int> block{"block"};
+    Output<Buffer<uint8_t, 3>> group_exponent{"group_exponent"};  // (i, b, o)
+    Output<Buffer<float, 0>> tensor_scale{"tensor_scale"};
+
+    void generate() {
+        Var i = p.i, b = p.g, o = p.o;
+        Expr channels = input.dim(1).extent();
+        Expr blocks = (channels + block - 1) / block;
+        p.blocked = true;
+        p.row_length = input.dim(0).extent();
+        p.over_row = RDom(0, block, "over_block");
+        p.over_groups = RDom(0, input.dim(0).extent(), 0, blocks, 0, input.dim(2).extent(), "over_groups");
+
+        // The last block may be partial: channels past the end count as zero.
+        Expr c = b * block + p.over_row;
+        Expr inside = c < channels;
+        p.row_max(i, b, o) = cast<uint32_t>(0);
+        p.row_max(i, b, o) =
+            max(p.row_max(i, b, o), select(inside, magnitude_bits(input(i, min(c, channels - 1), o)), 0));
+        p.tensor_max() = cast<uint32_t>(0);
+        const RDom &r = p.over_groups;
+        p.tensor_max() = max(p.tensor_max(), p.row_max(r.x, r.y, r.z));
+
+        Expr scale = reinterpret<float>(p.tensor_max());
+        Expr group = reinterpret<float>(p.row_max(i, b, o));
+        group_exponent(i, b, o) = cast<uint8_t>(
+            lowbit::group_exponent<HalideOps>(cast<double>(scale), cast<double>(group), max_group_exponent));
+        tensor_scale() = scale;
+        p.group_exponent = group_exponent;
+        p.tensor_scale = tensor_scale;
+
+        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        max_group_exponent.set_estimate(7);
+        block.set_estimate(32);
+        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+    }
+
+    void schedule() {
+        if (get_target().has_gpu_feature()) {
+            lowbit::schedules::cuda::schedule_quantize_scales(p, elementwise_params(*this));
+        } else {
+            lowbit::schedules::x86::schedule_quantize_scales(p, elementwise_params(*this), get_target());
+        }
+    }
+
+private:
+    QuantizeScalesPipeline p;
+};
+
+// ---------------------------------------------------------------------------------------
+// Element values q, by nearest or stochastic rounding to the format's representable set.
+// The format arrives as runtime values (no library per format); the runtime checks it.
+struct FormatInputs {
+    Expr mantissa_max, exponent_steps, shift, qmax;
+};
+
+Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr &group_exponent, const FormatInputs &f,
+                     const Expr &stochastic, const Expr &index, const Expr &key0, const Expr &key1) {
+    const lowbit::FormatRuntime<HalideOps> format{f.mantissa_max, f.exponent_steps, f.shift};
+    Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
+    Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale);
+    Expr a = abs(u);
+    Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
+    Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
+    Expr stochastic_value = lowbit::round_magnitude_stochastic<HalideOps>(a, format, random);
+    Expr magnitude = cast<int>(select(stochastic, stochastic_value, nearest));
+    // IEEE semantics throughout: the result must not depend on the target's FMA or
+    // reassociation, so that every compiled variant gives identical values.
+    return strict_float(
+        select(tensor_scale == 0.0f, cast<int8_t>(0), cast<int8_t>(select(u < Expr(0.0), -magnitude, magnitude))));
+}
+
+Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &extent_i, const Expr &extent_g) {
+    return cast<uint32_t>(i) +
+           cast<uint32_t>(extent_i) * (cast<uint32_t>(g) + cast<uint32_t>(extent_g) * cast<uint32_t>(o));
+}
+
+#define LOWBIT_QUANTIZE_VALUE_INPUTS             \
+    Input<float> tensor_scale{"tensor_scale"};   \
+    Input<int> mantissa_max{"mantissa_max"};     \
+    Input<int> exponent_steps{"exponent_steps"}; \
+    Input<int> shift{"shift"};                   \
+    Input<int> qmax{"qmax"};                     \
+    Input<bool> stochastic{"stochastic"};        \
+    Input<uint32_t> key0{"key0"};                \
+    Input<uint32_t> key1{"key1"};                \
+    Output<Buffer<int8_t, 3>> values{"values"};
+
+class QuantizeValues : public Generator<QuantizeValues> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};                      // (i, g, o)
+    Input<Buffer<uint8_t, 1>> group_exponent{"group_exponent"};  // (g)
+    LOWBIT_QUANTIZE_VALUE_INPUTS
+
+    void generate() {
+        Var i = p.i, g = p.g, o = p.o;
+        Expr index = element_index(i, g, o, input.dim(0).extent(), input.dim(1).extent());
+        values(i, g, o) = quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
+                                          {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
+        p.output = values;
+        p.row_length = input.dim(0).extent();
+        p.specializations = {stochastic, exponent_steps == 0};
+        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        group_exponent.set_estimates({{0, kEstimateGroups}});
+        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+    }
+
+    void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
+
+private:
+    ElementwisePipeline p;
+};
+
+class QuantizeValuesBlock : public Generator<QuantizeValuesBlock> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};                      // (i, c, o)
+    Input<Buffer<uint8_t, 3>> group_exponent{"group_exponent"};  // (i, c / block, o)
+    Input<int> block{"block"};
+    LOWBIT_QUANTIZE_VALUE_INPUTS
+
+    void generate() {
+        Var i = p.i, c = p.g, o = p.o;
+        Expr index = element_index(i, c, o, input.dim(0).extent(), input.dim(1).extent());
+        values(i, c, o) = quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
+                                          {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
+        p.output = values;
+        p.row_length = input.dim(0).extent();
+        p.specializations = {stochastic, exponent_steps == 0};
+        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+        block.set_estimate(32);
+        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+    }
+
+    void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
+
+private:
+    ElementwisePipeline p;
+};
+
+// ---------------------------------------------------------------------------------------
+// Dequantize: x = q * S * 2^-e_g / qmax, in double, rounded once to float.
+Expr dequantized(const Expr &q, const Expr &tensor_scale, const Expr &group_exponent, const Expr &qmax) {
+    Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
+    return strict_float(
+        cast<float>(lowbit::dequantized_value<HalideOps>(cast<double>(q), cast<double>(qmax), group_scale)));
+}
+
+class Dequantize : public Generator<Dequantize> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<int8_t, 3>> values{"values"};                   // (i, g, o)
+    Input<Buffer<uint8_t, 1>> group_exponent{"group_exponent"};  // (g)
+    Input<float> tensor_scale{"tensor_scale"};
+    Input<int> qmax{"qmax"};
+    Output<Buffer<float, 3>> output{"output"};
+
+    void generate() {
+        Var i = p.i, g = p.g, o = p.o;
+        output(i, g, o) = dequantized(values(i, g, o), tensor_scale, cast<int>(group_exponent(g)), qmax);
+        p.output = output;
+        p.row_length = values.dim(0).extent();
+        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        group_exponent.set_estimates({{0, kEstimateGroups}});
+        output.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+    }
+
+    void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
+
+private:
+    ElementwisePipeline p;
+};
+
+class DequantizeBlock : public Generator<DequantizeBlock> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<int8_t, 3>> values{"values"};                   // (i, c, o)
+    Input<Buffer<uint8_t, 3>> group_exponent{"group_exponent"};  // (i, c / block, o)
+    Input<int> block{"block"};
+    Input<float> tensor_scale{"tensor_scale"};
+    Input<int> qmax{"qmax"};
+    Output<Buffer<float, 3>> output{"output"};
+
+    void generate() {
+        Var i = p.i, c = p.g, o = p.o;
+        output(i, c, o) = dequantized(values(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)), qmax);
+        p.output = output;
+        p.row_length = values.dim(0).extent();
+        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+        block.set_estimate(32);
+        output.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+    }
+
+    void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
+
+private:
+    ElementwisePipeline p;
+};
+
+}  // namespace
+
+HALIDE_REGISTER_GENERATOR(QuantizeScales, quantize_scales)
+HALIDE_REGISTER_GENERATOR(QuantizeScalesBlock, quantize_scales_block)
+HALIDE_REGISTER_GENERATOR(QuantizeValues, quantize_values)
+HALIDE_REGISTER_GENERATOR(QuantizeValuesBlock, quantize_values_block)
+HALIDE_REGISTER_GENERATOR(Dequantize, dequantize)
+HALIDE_REGISTER_GENERATOR(DequantizeBlock, dequantize_block)

@@ -1,0 +1,286 @@
+#include "conv.h"
+
+#include <HalideBuffer.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <set>
+
+#include "conv_backward_data_float_variants.h"
+#include "conv_backward_data_variants.h"
+#include "conv_backward_weight_float_variants.h"
+#include "conv_backward_weight_variants.h"
+#include "conv_forward_float_variants.h"
+#include "conv_forward_variants.h"
+
+namespace lowbit {
+
+namespace {
+
+using Halide::Runtime::Buffer;
+
+void check_rank4(const Shape &shape, const char *what) {
+    if (shape.size() != 4)
+        throw std::invalid_argument(fmt::format("conv: {} must be 4-d, got {}", what, shape_string(shape)));
+    for (int64_t d : shape) {
+        if (d < 1 || d > std::numeric_limits<int32_t>::max())
+            throw std::invalid_argument(fmt::format("conv: {} has a bad extent in {}", what, shape_string(shape)));
+    }
+}
+
+// Halide sees NCHW / OIHW innermost first: (W, H, C, N), (K, K, C, O).
+template <class T>
+Buffer<T> nchw(T *data, const Shape &s) {
+    return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
+}
+
+void check_role(const QuantizedTensor &q, TensorRole role, const char *what) {
+    if (q.role != role) {
+        throw std::invalid_argument(fmt::format("conv: {} was quantized as {}", what,
+                                                q.role == TensorRole::weight ? "weights" : "activations or errors"));
+    }
+}
+
+// Exact int32 sums need terms * qmax_a * qmax_b < 2^31 (method.md section 4).
+void check_no_overflow(int64_t terms, const QuantizedTensor &a, const QuantizedTensor &b, const char *what) {
+    const int64_t bound = terms * a.format.qmax() * b.format.qmax();
+    if (bound >= (int64_t{1} << 31)) {
+        throw std::invalid_argument(
+            fmt::format("conv: {} sums {} products of |q| <= {} x {}: int32 could overflow (limit 2^31)", what, terms,
+                        a.format.qmax(), b.format.qmax()));
+    }
+}
+
+// One piece of a quantized operand whose group scale does not vary along a pass's
+// reduction: the whole tensor when its groups run along an output-side axis (or there is one
+// group), else one exponent class with the other classes zeroed.
+struct Piece {
+    const int8_t *values = nullptr;
+    std::vector<int8_t> storage;
+    int axis = -1;               // tensor axis the scale varies along; -1: constant
+    std::vector<double> scales;  // S 2^-e / qmax, per index along `axis`, or one value
+
+    double scale(int64_t index) const { return axis < 0 ? scales[0] : scales[size_t(index)]; }
+    // The scale along `along` (extent `extent`) as a kernel input; constant when the piece's
+    // scale varies along another axis or none.
+    std::vector<double> table(int along, int64_t extent) const {
+        std::vector<double> t(static_cast<size_t>(extent));
+        for (int64_t i = 0; i < extent; i++) t[size_t(i)] = axis == along ? scale(i) : scales[0];
+        return t;
+    }
+};
+
+// The tensor axis a quantized tensor's groups run along: -1 none, -2 blocks.
+int grouped_axis(const QuantizedTensor &q) {
+    switch (q.format.axis) {
+        case GroupAxis::none:
+            return -1;
+        case GroupAxis::sample:
+            return 0;
+        case GroupAxis::channel:
+            return q.role == TensorRole::weight ? 0 : 1;
+        case GroupAxis::block:
+            return -2;
+    }
+    return -2;
+}
+
+double scale_of(const QuantizedTensor &q, int exponent) {
+    return group_scale(q.scale, exponent) / double(q.format.qmax());
+}
+
+// Splits q into pieces whose scale varies at most along one of `output_axes`.
+std::vector<Piece> split(const QuantizedTensor &q, std::initializer_list<int> output_axes) {
+    const int axis = grouped_axis(q);
+    std::vector<Piece> pieces;
+    if (axis == -1 || std::find(output_axes.begin(), output_axes.end(), axis) != output_axes.end()) {
+        Piece p;
+        p.values = q.values.data();
+        p.axis = axis;
+        for (uint8_t e : q.group_exponents) p.scales.push_back(scale_of(q, e));
+        pieces.push_back(std::move(p));
+        return pieces;
+    }
+    // Exponent classes: every element of a class has the same power-of-two group factor.
+    const std::set<int> exponents(q.group_exponents.begin(), q.group_exponents.end());
+    for (int e : exponents) {
+        Piece p;
+        p.storage.assign(q.values.size(), 0);
+        bool any = false;
+        for (int64_t k = 0; k < q.numel(); k++) {
+            if (q.group_exponents[size_t(q.view.group_of(k))] == e && q.values[size_t(k)] != 0) {
+                p.storage[size_t(k)] = q.values[size_t(k)];
+                any = true;
+            }
+        }
+        if (!any) continue;
+        p.values = p.storage.data();
+        p.scales = {scale_of(q, e)};
+        pieces.push_back(std::move(p));
+    }
+    if (pieces.empty()) {  // all zero: one zero piece keeps the callers simple
+        Piece p;
+        p.values = q.values.data();
+        p.scales = {0.0};
+        pieces.push_back(std::move(p));
+    }
+    return pieces;
+}
+
+// Runs `pass(a_piece, b_piece, out)` for every pair of pieces and adds the results: one pass,
+// written straight to the output, in the common case.
+template <class Pass>
+Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b, const Shape &out_shape, Pass pass) {
+    Tensor out = Tensor::uninitialized(out_shape);
+    if (a.size() == 1 && b.size() == 1) {
+        pass(a[0], b[0], out);
+        return out;
+    }
+    std::vector<double> total(size_t(out.numel()), 0.0);
+    Tensor part = Tensor::uninitialized(out_shape);
+    for (const Piece &pa : a) {
+        for (const Piece &pb : b) {
+            pass(pa, pb, part);
+            for (int64_t k = 0; k < part.numel(); k++) total[size_t(k)] += part[k];
+        }
+    }
+    for (int64_t k = 0; k < out.numel(); k++) out[k] = float(total[size_t(k)]);
+    return out;
+}
+
+}  // namespace
+
+Shape conv_output_shape(const Shape &input, const Shape &weights, const ConvGeometry &g) {
+    check_rank4(input, "input");
+    check_rank4(weights, "weights");
+    const int64_t K = weights[2];
+    if (weights[3] != K)
+        throw std::invalid_argument(fmt::format("conv: weights {} are not square", shape_string(weights)));
+    if (weights[1] != input[1])
+        throw std::invalid_argument(fmt::format("conv: weights {} do not match the {} channels of input {}",
+                                                shape_string(weights), input[1], shape_string(input)));
+    if (g.stride < 1) throw std::invalid_argument(fmt::format("conv: stride {} must be at least 1", g.stride));
+    if (g.pad < 0 || g.pad >= K) throw std::invalid_argument(fmt::format("conv: padding {} outside [0, {})", g.pad, K));
+    const int64_t oh = (input[2] + 2 * g.pad - K) / g.stride + 1, ow = (input[3] + 2 * g.pad - K) / g.stride + 1;
+    if (input[2] + 2 * g.pad < K || input[3] + 2 * g.pad < K)
+        throw std::invalid_argument(fmt::format("conv: input {} is smaller than the kernel", shape_string(input)));
+    return {input[0], weights[0], oh, ow};
+}
+
+Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeometry &g) {
+    const Shape out_shape = conv_output_shape(input.shape(), weights.shape(), g);
+    const Tensor a = input.contiguous(), w = weights.contiguous();
+    Tensor out = Tensor::uninitialized(out_shape);
+    auto ab = nchw(a.data(), a.shape());
+    auto wb = nchw(w.data(), w.shape());
+    auto ob = nchw(out.data(), out_shape);
+    kernels::conv_forward_float(ab, wb, g.stride, g.pad, ob);
+    return out;
+}
+
+Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Shape &input_shape,
+                          const ConvGeometry &g) {
+    const Shape out_shape = conv_output_shape(input_shape, weights.shape(), g);
+    if (errors.shape() != out_shape)
+        throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
+                                                shape_string(errors.shape()), shape_string(out_shape)));
+    const Tensor e = errors.contiguous(), w = weights.contiguous();
+    Tensor out = Tensor::uninitialized(input_shape);
+    auto eb = nchw(e.data(), e.shape());
+    auto wb = nchw(w.data(), w.shape());
+    auto ob = nchw(out.data(), input_shape);
+    kernels::conv_backward_data_float(eb, wb, g.stride, g.pad, ob);
+    return out;
+}
+
+Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kernel, const ConvGeometry &g) {
+    const Shape w_shape = {errors.shape().size() == 4 ? errors.size(1) : 0,
+                           input.shape().size() == 4 ? input.size(1) : 0, kernel, kernel};
+    const Shape out_shape = conv_output_shape(input.shape(), w_shape, g);
+    if (errors.shape() != out_shape)
+        throw std::invalid_argument(fmt::format("conv_backward_weight: errors {} do not match the output shape {}",
+                                                shape_string(errors.shape()), shape_string(out_shape)));
+    const Tensor e = errors.contiguous(), a = input.contiguous();
+    Tensor out = Tensor::uninitialized(w_shape);
+    auto eb = nchw(e.data(), e.shape());
+    auto ab = nchw(a.data(), a.shape());
+    auto ob = nchw(out.data(), w_shape);
+    kernels::conv_backward_weight_float(eb, ab, g.stride, g.pad, ob);
+    return out;
+}
+
+Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights, const ConvGeometry &g) {
+    check_role(input, TensorRole::activation, "input");
+    check_role(weights, TensorRole::weight, "weights");
+    const Shape out_shape = conv_output_shape(input.shape, weights.shape, g);
+    const int64_t N = input.shape[0], O = weights.shape[0], K = weights.shape[2];
+    check_no_overflow(input.shape[1] * K * K, input, weights, "conv_forward");
+    // Output side: sample n of the input, output channel o (axis 0) of the weights.
+    return sum_over_pieces(split(input, {0}), split(weights, {0}), out_shape,
+                           [&](const Piece &a, const Piece &w, Tensor &out) {
+                               const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
+                               auto ab = nchw(a.values, input.shape);
+                               auto wb = nchw(w.values, weights.shape);
+                               Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
+                               auto ob = nchw(out.data(), out_shape);
+                               kernels::conv_forward(ab, wb, sab, swb, g.stride, g.pad, ob);
+                           });
+}
+
+Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
+                          const ConvGeometry &g) {
+    check_role(errors, TensorRole::error, "errors");
+    check_role(weights, TensorRole::weight, "weights");
+    const Shape out_shape = conv_output_shape(input_shape, weights.shape, g);
+    if (errors.shape != out_shape)
+        throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
+                                                shape_string(errors.shape), shape_string(out_shape)));
+    const int64_t N = input_shape[0], C = input_shape[1], K = weights.shape[2];
+    check_no_overflow(weights.shape[0] * K * K, errors, weights, "conv_backward_data");
+    // Output side: sample n of the errors; the weights' output channels are the reduction.
+    return sum_over_pieces(split(errors, {0}), split(weights, {}), input_shape,
+                           [&](const Piece &e, const Piece &w, Tensor &out) {
+                               const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
+                               auto eb = nchw(e.values, errors.shape);
+                               auto wb = nchw(w.values, weights.shape);
+                               Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
+                               auto ob = nchw(out.data(), input_shape);
+                               kernels::conv_backward_data(eb, wb, seb, swb, g.stride, g.pad, ob);
+                           });
+}
+
+Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor &input, int kernel,
+                            const ConvGeometry &g) {
+    check_role(errors, TensorRole::error, "errors");
+    check_role(input, TensorRole::activation, "input");
+    if (errors.shape.size() != 4 || input.shape.size() != 4)
+        throw std::invalid_argument("conv_backward_weight: errors and input must be 4-d");
+    const Shape w_shape = {errors.shape[1], input.shape[1], kernel, kernel};
+    const Shape out_shape = conv_output_shape(input.shape, w_shape, g);
+    if (errors.shape != out_shape)
+        throw std::invalid_argument(fmt::format("conv_backward_weight: errors {} do not match the output shape {}",
+                                                shape_string(errors.shape), shape_string(out_shape)));
+    const int64_t N = input.shape[0], C = input.shape[1], O = errors.shape[1];
+    // One sample's sum runs over its output positions; samples are combined in double.
+    check_no_overflow(out_shape[2] * out_shape[3], errors, input, "conv_backward_weight (per sample)");
+    // Scales may vary per sample and per channel: both are outside the per-sample sums.
+    return sum_over_pieces(split(errors, {0, 1}), split(input, {0, 1}), w_shape,
+                           [&](const Piece &e, const Piece &a, Tensor &out) {
+                               // Tables (n, channel), n innermost as Halide sees (n, o).
+                               std::vector<double> se(size_t(N * O)), sa(size_t(N * C));
+                               for (int64_t n = 0; n < N; n++) {
+                                   for (int64_t o = 0; o < O; o++)
+                                       se[size_t(o * N + n)] = e.scale(e.axis == 0 ? n : e.axis == 1 ? o : 0);
+                                   for (int64_t c = 0; c < C; c++)
+                                       sa[size_t(c * N + n)] = a.scale(a.axis == 0 ? n : a.axis == 1 ? c : 0);
+                               }
+                               auto eb = nchw(e.values, errors.shape);
+                               auto ab = nchw(a.values, input.shape);
+                               Buffer<const double> seb(se.data(), {int(N), int(O)}), sab(sa.data(), {int(N), int(C)});
+                               auto ob = nchw(out.data(), w_shape);
+                               kernels::conv_backward_weight(eb, ab, seb, sab, g.stride, g.pad, ob);
+                           });
+}
+
+}  // namespace lowbit

@@ -1,0 +1,129 @@
+#include "dispatch.h"
+
+#include <HalideRuntime.h>
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <mutex>
+
+namespace lowbit {
+
+namespace {
+
+// The Halide features each variant was compiled with (cmake/LowbitKernels.cmake).
+std::vector<halide_target_feature_t> features_of(Isa isa) {
+    switch (isa) {
+        case Isa::avx512_vnni:
+            return {halide_target_feature_avx,
+                    halide_target_feature_avx2,
+                    halide_target_feature_avx512,
+                    halide_target_feature_avx512_cannonlake,
+                    halide_target_feature_avx512_sapphirerapids,
+                    halide_target_feature_avx512_skylake,
+                    halide_target_feature_f16c,
+                    halide_target_feature_fma,
+                    halide_target_feature_sse41};
+        case Isa::avx2:
+            return {halide_target_feature_avx, halide_target_feature_avx2, halide_target_feature_f16c,
+                    halide_target_feature_fma, halide_target_feature_sse41};
+        case Isa::baseline:
+            return {};
+    }
+    return {};
+}
+
+std::optional<Isa> initial_forced_isa() {
+    const char *env = std::getenv("LOWBIT_ISA");
+    if (env == nullptr || *env == '\0') return std::nullopt;
+    const Isa isa = parse_isa(env);
+    if (!cpu_supports(isa)) {
+        throw std::runtime_error(fmt::format("LOWBIT_ISA={}: this CPU cannot run that variant", env));
+    }
+    return isa;
+}
+
+std::optional<Isa> &forced() {
+    static std::optional<Isa> isa = initial_forced_isa();
+    return isa;
+}
+
+thread_local std::string last_halide_error;
+
+void keep_halide_error(void *, const char *message) { last_halide_error += message; }
+
+}  // namespace
+
+const char *to_string(Isa isa) {
+    switch (isa) {
+        case Isa::avx512_vnni:
+            return "avx512_vnni";
+        case Isa::avx2:
+            return "avx2";
+        case Isa::baseline:
+            return "baseline";
+    }
+    return "?";
+}
+
+Isa parse_isa(const std::string &name) {
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (name == to_string(isa)) return isa;
+    }
+    throw std::invalid_argument(fmt::format("unknown ISA variant '{}': expected avx512_vnni, avx2 or baseline", name));
+}
+
+bool cpu_supports(Isa isa) {
+    constexpr int words = (halide_target_feature_end + 63) / 64;
+    uint64_t mask[words] = {};
+    for (halide_target_feature_t f : features_of(isa)) mask[f / 64] |= uint64_t{1} << (f % 64);
+    return halide_can_use_target_features(words, mask) != 0;
+}
+
+Isa best_isa() {
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (cpu_supports(isa)) return isa;
+    }
+    return Isa::baseline;
+}
+
+void force_isa(std::optional<Isa> isa) {
+    if (isa && !cpu_supports(*isa)) {
+        throw std::invalid_argument(fmt::format("this CPU cannot run the {} variant", to_string(*isa)));
+    }
+    forced() = isa;
+}
+
+std::optional<Isa> forced_isa() { return forced(); }
+
+void set_num_threads(int threads) { halide_set_num_threads(threads); }
+
+namespace detail {
+
+void install_halide_handlers() {
+    static std::once_flag once;
+    std::call_once(once, [] { halide_set_error_handler(keep_halide_error); });
+}
+
+std::string take_last_halide_error() {
+    std::string message = std::move(last_halide_error);
+    last_halide_error.clear();
+    return message.empty() ? "unknown Halide error" : message;
+}
+
+size_t select_variant(const char *kernel, const std::vector<Isa> &isas) {
+    if (const std::optional<Isa> isa = forced()) {
+        for (size_t i = 0; i < isas.size(); i++) {
+            if (isas[i] == *isa) return i;
+        }
+        throw std::runtime_error(
+            fmt::format("kernel {} was not compiled for the forced variant {}", kernel, to_string(*isa)));
+    }
+    for (size_t i = 0; i < isas.size(); i++) {
+        if (cpu_supports(isas[i])) return i;
+    }
+    throw std::runtime_error(fmt::format("kernel {}: no compiled variant runs on this CPU", kernel));
+}
+
+}  // namespace detail
+
+}  // namespace lowbit

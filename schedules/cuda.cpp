@@ -1,0 +1,61 @@
+#include "cuda.h"
+
+namespace lowbit::schedules::cuda {
+
+using namespace Halide;
+
+// quantize_scales: one thread per row (simple, not yet tuned), then per group and the tensor.
+void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams &params) {
+    Var go("go"), block("block"), thread("thread");
+    const int threads = params.gpu_threads;
+    if (!p.blocked) {
+        p.row_max.compute_root().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads);
+        p.row_max.update().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads);
+        p.group_max.compute_root().gpu_tile(p.g, block, thread, threads);
+        p.group_max.update().gpu_tile(p.g, block, thread, threads);
+    } else {
+        p.row_max.compute_root().gpu_tile(p.i, block, thread, threads);
+        p.row_max.update().gpu_tile(p.i, block, thread, threads);
+    }
+    p.tensor_max.compute_root().gpu_single_thread();
+    p.tensor_max.update().gpu_single_thread();
+    if (!p.blocked) {
+        p.group_exponent.compute_root().gpu_tile(p.g, block, thread, threads);
+    } else {
+        p.group_exponent.compute_root().gpu_tile(p.i, block, thread, threads);
+    }
+}
+
+void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params) {
+    Var go("go"), bi("bi"), bgo("bgo"), ti("ti"), tgo("tgo");
+    Func out = p.output;
+    out.fuse(p.g, p.o, go).gpu_tile(p.i, go, bi, bgo, ti, tgo, params.gpu_threads, 1, TailStrategy::GuardWithIf);
+    for (const Expr &condition : p.specializations) out.specialize(condition);
+}
+
+}  // namespace lowbit::schedules::cuda
+
+namespace lowbit::schedules::cuda {
+
+// A first GPU schedule (correctness; not tuned): one thread per output element, operands
+// packed by their own kernels.
+void schedule_conv(ConvPipeline p, const ConvParams &params) {
+    Var xo("xo"), xi("xi"), task("task");
+    p.output.fuse(p.k, p.n, task)
+        .gpu_tile(p.x, task, xo, Var("bt"), xi, Var("tt"), params.gpu_threads, 1, TailStrategy::GuardWithIf);
+    p.accumulator.compute_at(p.output, xi);
+    p.packed_input.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
+                                           TailStrategy::GuardWithIf);
+    p.packed_weights.compute_root().gpu_tile(p.x, Var("b"), Var("t"), 1, TailStrategy::GuardWithIf);
+}
+
+void schedule_conv(ConvWeightPipeline p, const ConvParams &params) {
+    Var task("task"), b("b"), t("t");
+    p.output.compute_root().fuse(p.c, p.o, task).gpu_tile(task, b, t, params.gpu_threads, TailStrategy::GuardWithIf);
+    p.total.compute_at(p.output, t);
+    p.partial.compute_at(p.output, t);
+    p.packed_errors.compute_root().gpu_tile(p.o, b, t, params.gpu_threads, TailStrategy::GuardWithIf);
+    p.packed_input.compute_root().gpu_tile(p.c, b, t, params.gpu_threads, TailStrategy::GuardWithIf);
+}
+
+}  // namespace lowbit::schedules::cuda

@@ -1,0 +1,83 @@
+// What a schedule may touch: each algorithm in generators/ hands its Funcs, Vars and RDoms
+// to the schedule of its target through one of these structs, so schedules/ never needs to
+// know how a value is computed, only the loop structure it is computed over. Funcs are
+// handles: schedules take these structs by value and schedule through the copies.
+#pragma once
+
+#include "Halide.h"
+
+namespace lowbit::schedules {
+
+// Knobs of the element-wise kernels (quantize, dequantize). Every knob is a generator
+// parameter, so autotune/ can search them and schedules/tuned/ can fix them in the build.
+struct ElementwiseParams {
+    int vector_width = 0;         // lanes of the innermost loop; 0 = the target's natural width
+    int task_elements = 1 << 15;  // elements per parallel task (rows are grouped to reach it)
+    int gpu_threads = 256;        // threads per block on GPU targets
+};
+
+// quantize_scales[_block]: max-abs per group, tensor scale, group exponents.
+struct QuantizeScalesPipeline {
+    Halide::Func row_max{"row_max"};        // (g, o) or (i, b, o): max-abs bits of one group's row
+    Halide::Func group_max{"group_max"};    // grouped: (g) over rows; blocked: unused (row_max is the group)
+    Halide::Func tensor_max{"tensor_max"};  // (): max over all groups
+    Halide::Func group_exponent;            // output
+    Halide::Func tensor_scale;              // output, 0-d
+    Halide::Var i{"i"}, g{"g"}, o{"o"};
+    Halide::RDom over_row, over_rows, over_groups;
+    Halide::Expr row_length;  // extent of the innermost (reduced) axis
+    bool blocked = false;
+};
+
+// quantize_values[_block] and dequantize[_block]: element-wise over an (i, g, o) view.
+struct ElementwisePipeline {
+    Halide::Func output;
+    Halide::Var i{"i"}, g{"g"}, o{"o"};
+    Halide::Expr row_length;  // extent of i
+    // Specializations worth their code size (e.g. rounding mode); each gets the schedule.
+    std::vector<Halide::Expr> specializations;
+};
+
+}  // namespace lowbit::schedules
+
+namespace lowbit::schedules {
+
+// Knobs of the convolution kernels.
+struct ConvParams {
+    int vector_width = 0;   // lanes of the vectorized output axis; 0 = the target's natural width
+    int tile_x = 1;         // vectors of outputs along x per register tile (forward, backward-data)
+    int tile_channels = 4;  // channels per register tile (o in forward, c in the others)
+    int gpu_threads = 64;   // threads per block on GPU targets
+};
+
+// conv_forward and conv_backward_data: a stride-s correlation of a padded operand with a
+// weight operand, both packed as channel pairs (j innermost) for 2-term integer dot products:
+//   accumulator(x, y, k, n) = sum_{j, kx, ky, c2} packed_input(j, x s + kx, y s + ky, c2, n)
+//                                                * packed_weights(j, kx, ky, c2, k)
+// output(x, y, k, n) scales it (integer) or is it (float; then there is no j: pairs = false).
+struct ConvPipeline {
+    Halide::Func packed_input{"packed_input"}, packed_weights{"packed_weights"};
+    Halide::Func accumulator{"accumulator"};
+    Halide::Func output;
+    Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
+    Halide::Var j{"j"};                          // position in a channel pair
+    Halide::RDom reduction;                      // (j, kx, ky, c2) or (kx, ky, c)
+    bool pairs = true;
+};
+
+// conv_backward_weight: per-sample integer partial sums over the output positions, packed as
+// pairs along x, combined over samples in double:
+//   partial(o, c, kx, ky, n) = sum_{j, x2, y} packed_errors(j, o, x2, y, n)
+//                                             * packed_input(j, x2, y s + ky, kx, c, n)
+//   total(kx, ky, c, o) = sum_n partial(o, c, kx, ky, n) * scales(n, o, c)
+struct ConvWeightPipeline {
+    Halide::Func packed_errors{"packed_errors"}, packed_input{"packed_input"};
+    Halide::Func partial{"partial"}, total{"total"};
+    Halide::Func output;
+    Halide::Var kx{"kx"}, ky{"ky"}, c{"c"}, o{"o"}, n{"n"}, j{"j"};
+    Halide::RDom positions;  // (j, x2, y): one sample's output positions
+    Halide::RDom samples;    // n
+    bool pairs = true;
+};
+
+}  // namespace lowbit::schedules

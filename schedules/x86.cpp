@@ -1,0 +1,167 @@
+#include "x86.h"
+
+namespace lowbit::schedules::x86 {
+
+using namespace Halide;
+
+namespace {
+
+int lanes(const ElementwiseParams &params, const Target &target) {
+    return params.vector_width > 0 ? params.vector_width : target.natural_vector_size<float>();
+}
+
+// Rows of `row_length` elements per parallel task, so that each task has about
+// params.task_elements elements whatever the view's shape.
+Expr rows_per_task(const ElementwiseParams &params, const Expr &row_length) {
+    return max(1, params.task_elements / max(row_length, 1));
+}
+
+}  // namespace
+
+// quantize_scales: memory-bound, one read of the tensor, rows spread over the threads; the
+// group and tensor maxima reduce the much smaller row results serially.
+void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams &params, const Target &target) {
+    const int v = lanes(params, target);
+    Var go("go");
+    if (!p.blocked) {
+        // Each row's max-abs: rfactor the row into v lanes of partial maxima (plain vector
+        // max instructions), then one horizontal max per row.
+        Var lane("lane"), task("task"), row("row");
+        RVar chunk("chunk"), in_chunk("in_chunk");
+        Func lanes = p.row_max.update()
+                         .split(p.over_row.x, chunk, in_chunk, v, TailStrategy::GuardWithIf)
+                         .rfactor(in_chunk, lane);
+        p.row_max.compute_root();
+        p.row_max.update()
+            .fuse(p.g, p.o, go)
+            .split(go, task, row, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf)
+            .parallel(task);
+        lanes.compute_at(p.row_max, row).vectorize(lane);
+        lanes.update().vectorize(lane);
+        p.group_max.compute_root();
+        p.tensor_max.compute_root();
+        p.group_exponent.compute_root();
+    } else {
+        // Groups run across the channel axis: vectorize along i instead, where they lie side
+        // by side in memory.
+        p.row_max.compute_root()
+            .vectorize(p.i, v, TailStrategy::GuardWithIf)
+            .fuse(p.g, p.o, go)
+            .parallel(go, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf);
+        p.row_max.update()
+            .reorder(p.i, p.over_row.x, p.g, p.o)
+            .vectorize(p.i, v, TailStrategy::GuardWithIf)
+            .fuse(p.g, p.o, go)
+            .parallel(go, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf);
+        p.tensor_max.compute_root();
+        p.tensor_max.update().atomic().vectorize(p.over_groups.x, v);
+        p.group_exponent.compute_root()
+            .vectorize(p.i, v, TailStrategy::GuardWithIf)
+            .fuse(p.g, p.o, go)
+            .parallel(go, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf);
+    }
+}
+
+// quantize_values, dequantize: one pass, vectorized along the contiguous axis, rows grouped
+// into parallel tasks. Each specialization (rounding mode, E = 0) gets the same recipe.
+void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params, const Target &target) {
+    const int v = lanes(params, target);
+    Var go("go");
+    Func out = p.output;
+    out.vectorize(p.i, v, TailStrategy::GuardWithIf)
+        .fuse(p.g, p.o, go)
+        .parallel(go, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf);
+    for (const Expr &condition : p.specializations) out.specialize(condition);
+}
+
+}  // namespace lowbit::schedules::x86
+
+namespace lowbit::schedules::x86 {
+
+// Convolutions as a correlation (forward, backward-data). Measured throughput: see
+// docs/PERFORMANCE.md (bench/bench_conv); not yet tuned.
+//   - each thread takes (output-channel tile, sample) pairs;
+//   - the output is tiled as (v * tile_x x positions) x (tile_channels channels); the
+//     accumulators of one tile live in registers for the whole reduction;
+//   - the reduction runs channel pairs innermost, so (pair, v positions) is one 2v-lane
+//     widening multiply reduced by pairs: pmaddwd;
+//   - operands are packed once per call (compute_root), in parallel over samples.
+void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &target) {
+    const Type acc_type = p.accumulator.value().type();
+    const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
+    const int tile_x = std::max(1, params.tile_x), tile_k = std::max(1, params.tile_channels);
+    const RDom &r = p.reduction;
+    Var xo("xo"), xi("xi"), ko("ko"), ki("ki"), task("task");
+
+    p.output.split(p.x, xo, xi, v * tile_x, TailStrategy::GuardWithIf)
+        .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
+        .reorder(xi, ki, xo, p.y, ko, p.n)
+        .vectorize(xi, v)
+        .unroll(ki)
+        .fuse(ko, p.n, task)
+        .parallel(task);
+
+    p.accumulator.compute_at(p.output, xo)
+        .bound_extent(p.x, v * tile_x)
+        .bound_extent(p.k, tile_k)
+        .store_in(MemoryType::Register)
+        .vectorize(p.x, v)
+        .unroll(p.x)
+        .unroll(p.k);
+    Stage update = p.accumulator.update();
+    update.reorder(r[0], p.x, p.k, r[3], r[1], r[2], p.y, p.n);
+    if (p.pairs) update.atomic().vectorize(r[0]);
+    update.vectorize(p.x, v).unroll(p.x).unroll(p.k);
+
+    const int pair = p.pairs ? 2 : 1;
+    p.packed_input.compute_root()
+        .bound(p.j, 0, pair)
+        .unroll(p.j)
+        .vectorize(p.x, v, TailStrategy::GuardWithIf)
+        .parallel(p.n);
+    p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
+}
+
+// Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per
+// sample and kernel offset, a register tile of (v output channels) x (tile_channels inputs)
+// accumulates over the output positions, pairs of x reduced by pmaddwd, then is added to the
+// double total with the sample's scales.
+void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target &target) {
+    const Type acc_type = p.partial.value().type();
+    const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
+    const int tile_c = std::max(1, params.tile_channels);
+    const RDom &r = p.positions;
+    Var oo("oo"), oi("oi"), co("co"), ci("ci"), task("task");
+
+    p.output.compute_root();
+    p.total.compute_root();
+    p.total.update()
+        .split(p.o, oo, oi, v, TailStrategy::GuardWithIf)
+        .split(p.c, co, ci, tile_c, TailStrategy::GuardWithIf)
+        .reorder(oi, ci, p.kx, p.ky, p.samples.x, co, oo)
+        .vectorize(oi)
+        .unroll(ci)
+        .fuse(co, oo, task)
+        .parallel(task);
+
+    p.partial.compute_at(p.total, p.kx)
+        .bound_extent(p.o, v)
+        .bound_extent(p.c, tile_c)
+        .store_in(MemoryType::Register)
+        .vectorize(p.o)
+        .unroll(p.c);
+    Stage update = p.partial.update();
+    update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
+    if (p.pairs) update.atomic().vectorize(r[0]);
+    update.vectorize(p.o).unroll(p.c);
+
+    const int pair = p.pairs ? 2 : 1;
+    p.packed_errors.compute_root()
+        .bound(p.j, 0, pair)
+        .unroll(p.j)
+        .vectorize(p.o, v, TailStrategy::GuardWithIf)
+        .parallel(p.n);
+    p.packed_input.compute_root().bound(p.j, 0, pair).unroll(p.j).parallel(p.n);
+}
+
+}  // namespace lowbit::schedules::x86

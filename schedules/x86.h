@@ -1,0 +1,22 @@
+// CPU schedules: AVX-512 (VNNI), AVX2 and baseline x86-64, one function per kernel family,
+// each a short recipe over the loop structure its pipeline struct exposes.
+#pragma once
+
+#include "pipelines.h"
+
+namespace lowbit::schedules::x86 {
+
+void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams &params, const Halide::Target &target);
+void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params, const Halide::Target &target);
+
+}  // namespace lowbit::schedules::x86
+
+namespace lowbit::schedules::x86 {
+
+// conv_forward, conv_backward_data: register tiles of (vector of x) x (channels), integer
+// pairs reduced by pmaddwd (AVX2) / vpmaddwd zmm (AVX-512).
+void schedule_conv(ConvPipeline p, const ConvParams &params, const Halide::Target &target);
+// conv_backward_weight: register tiles of (vector of o) x (channels c), per sample.
+void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Halide::Target &target);
+
+}  // namespace lowbit::schedules::x86

@@ -1,0 +1,67 @@
+// The emitted assembly of the compiled variants: the AVX-512 variant's loops really run on
+// zmm registers, the AVX2 one's on ymm. Reads the .s files Halide writes beside each
+// library (cmake/LowbitKernels.cmake); LOWBIT_KERNEL_DIR is where they are.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::vector<std::string> read_lines(const std::string &path) {
+    std::ifstream in(path);
+    EXPECT_TRUE(in.good()) << "cannot read " << path;
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+// The bodies of the loops: for every backward branch `jcc .LBB_x` whose label comes earlier
+// in the file, the lines from that label to the branch. (LLVM rotates loops, so a body may
+// hold further labels; what matters is that the instruction repeats.)
+std::vector<std::vector<std::string>> loops(const std::vector<std::string> &lines) {
+    std::map<std::string, size_t> label_line;
+    const std::regex label(R"(^(\.LBB[0-9_]+):)"), branch(R"(^\s+j[a-z]+\s+(\.LBB[0-9_]+))");
+    std::vector<std::vector<std::string>> found;
+    for (size_t i = 0; i < lines.size(); i++) {
+        std::smatch m;
+        if (std::regex_search(lines[i], m, label)) label_line[m[1]] = i;
+        if (std::regex_search(lines[i], m, branch) && label_line.count(m[1])) {
+            found.emplace_back(lines.begin() + long(label_line[m[1]]), lines.begin() + long(i) + 1);
+        }
+    }
+    return found;
+}
+
+// Whether some loop of the file contains `instruction` on `reg` registers.
+bool hot_loop_uses(const std::string &file, const std::string &instruction, const std::string &reg) {
+    const std::vector<std::string> lines = read_lines(std::string(LOWBIT_KERNEL_DIR) + "/" + file);
+    for (const auto &loop : loops(lines)) {
+        for (const std::string &line : loop) {
+            if (line.find(instruction) != std::string::npos && line.find("%" + reg) != std::string::npos) return true;
+        }
+    }
+    return false;
+}
+
+TEST(Assembly, Avx512VariantsUseZmmInTheirHotLoops) {
+    // quantize: the double-precision division of u = v qmax / (S 2^-e) on 8 lanes.
+    EXPECT_TRUE(hot_loop_uses("quantize_values_avx512_vnni.s", "vdivpd", "zmm"));
+    EXPECT_TRUE(hot_loop_uses("quantize_values_block_avx512_vnni.s", "vdivpd", "zmm"));
+    // dequantize: the same on the way back.
+    EXPECT_TRUE(hot_loop_uses("dequantize_avx512_vnni.s", "vdivpd", "zmm"));
+    // scales: the integer max-abs reduction.
+    EXPECT_TRUE(hot_loop_uses("quantize_scales_avx512_vnni.s", "vpmaxud", "zmm"));
+}
+
+TEST(Assembly, Avx2VariantsUseYmmAndBaselineNoAvx) {
+    EXPECT_TRUE(hot_loop_uses("quantize_values_avx2.s", "vdivpd", "ymm"));
+    EXPECT_FALSE(hot_loop_uses("quantize_values_avx2.s", "", "zmm"));
+    EXPECT_FALSE(hot_loop_uses("quantize_values_baseline.s", "", "ymm"));
+    EXPECT_TRUE(hot_loop_uses("quantize_values_baseline.s", "divpd", "xmm"));
+}
+
+}  // namespace

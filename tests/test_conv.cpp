@@ -1,0 +1,300 @@
+// The convolution kernels (runtime/conv.h over the AOT kernels) against the float64
+// references of tests/reference/conv_reference.h on dequantized operands: every pass, K in
+// {1, 3, 5, 7}, strides 1 and 2, prime channel counts, every group axis, 2- to 8-bit
+// formats; exact integer sums; identical results on every compiled variant; no overflow at
+// the longest reductions of ResNet-56 at batch 256.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "conv.h"
+#include "dispatch.h"
+#include "reference/conv_reference.h"
+
+namespace lowbit {
+namespace {
+
+using reference::ConvShape;
+
+Tensor random_tensor(const Shape &shape, uint32_t seed, bool non_negative = false) {
+    Tensor t(shape);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (int64_t k = 0; k < t.numel(); k++) {
+        const float v = dist(rng);
+        t[k] = non_negative ? std::max(v, 0.0f) : v;
+    }
+    // Groups of different magnitudes, so group exponents differ.
+    for (int64_t k = 0; k < t.numel(); k++) t[k] *= std::ldexp(1.0f, -int((k * 7919) % 5));
+    return t;
+}
+
+// The value each element stands for, in double: q * S * 2^-e / qmax.
+std::vector<double> dequantized(const QuantizedTensor &q) {
+    std::vector<double> v(size_t(q.numel()));
+    for (int64_t k = 0; k < q.numel(); k++) {
+        v[size_t(k)] = double(q.values[size_t(k)]) * q.group_scale(q.view.group_of(k)) / double(q.format.qmax());
+    }
+    return v;
+}
+
+std::vector<double> as_double(const Tensor &t) { return std::vector<double>(t.data(), t.data() + t.numel()); }
+
+std::vector<double> absolute(std::vector<double> v) {
+    for (double &x : v) x = std::fabs(x);
+    return v;
+}
+
+// |y - ref| <= tolerance * conv(|a|, |b|): the error bound of a sum of products whose terms are
+// each off by at most `tolerance` relative (classic forward error of a dot product).
+void expect_close(const Tensor &y, const std::vector<double> &ref, const std::vector<double> &ref_abs, double tolerance,
+                  const std::string &what) {
+    ASSERT_EQ(size_t(y.numel()), ref.size()) << what;
+    int reported = 0;
+    for (size_t k = 0; k < ref.size(); k++) {
+        const double bound = tolerance * ref_abs[k] + 1e-37;
+        if (!(std::fabs(double(y[int64_t(k)]) - ref[k]) <= bound) && reported++ < 5) {
+            ADD_FAILURE() << what << " element " << k << ": got " << y[int64_t(k)] << ", reference " << ref[k]
+                          << " (bound " << bound << ")";
+        }
+    }
+}
+
+struct Case {
+    ConvShape shape;
+    const char *a_format, *w_format, *e_format;
+};
+
+ConvShape make_shape(int64_t N, int64_t C, int64_t HW, int64_t O, int64_t K, int64_t stride) {
+    return {N, C, HW, HW + 1, O, K, stride, K / 2};
+}
+
+// Random shapes with prime-stepped channel counts, every K and both strides.
+std::vector<ConvShape> shapes() {
+    std::vector<ConvShape> s;
+    const int64_t channels[] = {1, 2, 3, 5, 7, 11, 13, 17};
+    int i = 0;
+    for (int64_t K : {1, 3, 5, 7}) {
+        for (int64_t stride : {1, 2}) {
+            const int64_t C = channels[i % 8], O = channels[(i + 3) % 8];
+            s.push_back(make_shape(1 + i % 3, C, K + 2 + i % 4, O, K, stride));
+            i++;
+        }
+    }
+    return s;
+}
+
+// Runs all three integer passes of one layer and checks each against the reference.
+void check_integer_layer(const ConvShape &s, const std::string &a_format, const std::string &w_format,
+                         const std::string &e_format, uint32_t seed) {
+    const std::string what = a_format + " " + w_format + " " + e_format + " N" + std::to_string(s.N) + " C" +
+                             std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
+                             std::to_string(s.stride) + " H" + std::to_string(s.H);
+    SCOPED_TRACE(what);
+    const ConvGeometry g{int(s.stride), int(s.pad)};
+    const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
+    const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+    const QuantizedTensor a = quantize(random_tensor(a_shape, seed, true), parse_format(a_format), Rounding::nearest, 0,
+                                       0, 0, TensorRole::activation);
+    const QuantizedTensor w = quantize(random_tensor(w_shape, seed + 1), parse_format(w_format), Rounding::nearest, 0,
+                                       0, 1, TensorRole::weight);
+    const QuantizedTensor e = quantize(random_tensor(e_shape, seed + 2), parse_format(e_format), Rounding::stochastic,
+                                       7, 0, 2, TensorRole::error);
+    const std::vector<double> av = dequantized(a), wv = dequantized(w), ev = dequantized(e);
+    // Integer sums are exact; what remains is the double and float rounding of the scaling
+    // and, where an operand is split into exponent classes, of adding the classes' outputs.
+    const double tolerance = 1e-6;
+    expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
+                 reference::conv_forward(s, absolute(av), absolute(wv)), tolerance, "forward");
+    expect_close(conv_backward_data(e, w, a_shape, g), reference::conv_backward_data(s, ev, wv),
+                 reference::conv_backward_data(s, absolute(ev), absolute(wv)), tolerance, "backward-data");
+    expect_close(conv_backward_weight(e, a, int(s.K), g), reference::conv_backward_weight(s, ev, av),
+                 reference::conv_backward_weight(s, absolute(ev), absolute(av)), tolerance, "backward-weight");
+}
+
+TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
+    uint32_t seed = 1;
+    for (const ConvShape &s : shapes()) {
+        check_integer_layer(s, "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", seed++);
+    }
+}
+
+TEST(IntegerConv, EveryGroupAxisAndFormat) {
+    const ConvShape s = make_shape(3, 7, 6, 5, 3, 1);
+    const ConvShape s2 = make_shape(2, 6, 7, 4, 3, 2);
+    uint32_t seed = 100;
+    for (const char *group : {"", "/g3/sample", "/g3/channel", "/g2/block2", "/g3/block4"}) {
+        for (const char *element : {"m1e0", "m2e1", "m1e2", "m3e0", "m4e2", "m7e0"}) {
+            const std::string f = std::string(element) + group;
+            check_integer_layer(s, f, f, f, seed++);
+        }
+        check_integer_layer(s2, std::string("m3e0") + group, std::string("m2e1") + group, std::string("m1e2") + group,
+                            seed++);
+    }
+}
+
+TEST(IntegerConv, BatchOf128) {
+    check_integer_layer(make_shape(128, 3, 6, 5, 3, 1), "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", 9);
+}
+
+// Where no group varies along the reduction, the output is exactly the integer sum times the
+// two scales, rounded once: compare bit for bit against int64 sums of the element values.
+TEST(IntegerConv, ForwardIsExactIntegerSumTimesScales) {
+    const ConvShape s = make_shape(4, 13, 9, 11, 3, 1);
+    const ConvGeometry g{1, 1};
+    const QuantizedTensor a = quantize(random_tensor({s.N, s.C, s.H, s.W}, 3, true), parse_format("m7e0/g4/sample"));
+    const QuantizedTensor w = quantize(random_tensor({s.O, s.C, s.K, s.K}, 4), parse_format("m7e0/g4/channel"),
+                                       Rounding::nearest, 0, 0, 0, TensorRole::weight);
+    std::vector<double> aq(a.values.begin(), a.values.end()), wq(w.values.begin(), w.values.end());
+    const std::vector<double> acc = reference::conv_forward(s, aq, wq);  // integers, exact in double
+    const Tensor y = conv_forward(a, w, g);
+    const int64_t plane = s.out_h() * s.out_w();
+    for (int64_t k = 0; k < y.numel(); k++) {
+        const int64_t n = k / (s.O * plane), o = (k / plane) % s.O;
+        const double sa = group_scale(a.scale, a.group_exponents[size_t(n)]) / double(a.format.qmax());
+        const double sw = group_scale(w.scale, w.group_exponents[size_t(o)]) / double(w.format.qmax());
+        ASSERT_EQ(y[k], float(acc[size_t(k)] * sa * sw)) << "element " << k;
+    }
+}
+
+// Every compiled variant this CPU runs gives bit-identical outputs.
+TEST(IntegerConv, VariantsGiveIdenticalResults) {
+    const ConvShape s = make_shape(3, 10, 9, 7, 3, 2);
+    const ConvGeometry g{2, 1};
+    const QuantizedTensor a = quantize(random_tensor({s.N, s.C, s.H, s.W}, 5, true), parse_format("m3e0/g3/sample"));
+    const QuantizedTensor w = quantize(random_tensor({s.O, s.C, s.K, s.K}, 6), parse_format("m3e0/g3/channel"),
+                                       Rounding::nearest, 0, 0, 0, TensorRole::weight);
+    const QuantizedTensor e =
+        quantize(random_tensor({s.N, s.O, s.out_h(), s.out_w()}, 7), parse_format("m2e1/g3/sample"),
+                 Rounding::stochastic, 1, 0, 0, TensorRole::error);
+    std::vector<std::vector<float>> first;
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (!cpu_supports(isa)) continue;
+        force_isa(isa);
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            std::vector<std::vector<float>> outs;
+            for (const Tensor &t : {conv_forward(a, w, g), conv_backward_data(e, w, {s.N, s.C, s.H, s.W}, g),
+                                    conv_backward_weight(e, a, int(s.K), g)}) {
+                outs.emplace_back(t.data(), t.data() + t.numel());
+            }
+            if (first.empty()) {
+                first = outs;
+            } else {
+                EXPECT_EQ(outs, first) << to_string(isa) << " with " << threads << " threads";
+            }
+        }
+    }
+    force_isa(std::nullopt);
+    set_num_threads(0);
+}
+
+// Extreme operands, all |q| = qmax, at the longest reductions of ResNet-56 at batch 256:
+// forward and backward-data sum 64 * 3 * 3 products, backward-weight 32 * 32 per sample
+// over 256 samples. The exact result is a count of in-bounds terms times qmax^2.
+TEST(IntegerConv, NoOverflowAtExtremeOperands) {
+    auto constant = [](const Shape &shape, int8_t value, TensorRole role) {
+        QuantizedTensor q = quantize(Tensor(shape), parse_format("m7e0"), Rounding::nearest, 0, 0, 0, role);
+        std::fill(q.values.begin(), q.values.end(), value);
+        q.scale = 127.0f;  // so that q stands for q itself: S / qmax = 1
+        return q;
+    };
+    {
+        const Shape a_shape = {2, 64, 8, 8}, w_shape = {64, 64, 3, 3};
+        const QuantizedTensor a = constant(a_shape, 127, TensorRole::activation);
+        const QuantizedTensor w = constant(w_shape, -127, TensorRole::weight);
+        const Tensor y = conv_forward(a, w, {1, 1});
+        // Interior output: 64 * 9 terms of -127 * 127.
+        EXPECT_EQ(y.at({1, 5, 3, 4}), float(-64.0 * 9 * 127 * 127));
+        EXPECT_EQ(y.at({0, 0, 0, 0}), float(-64.0 * 4 * 127 * 127));  // corner: 2 x 2 window
+        const QuantizedTensor e = constant({2, 64, 8, 8}, -127, TensorRole::error);
+        const Tensor da = conv_backward_data(e, w, a_shape, {1, 1});
+        EXPECT_EQ(da.at({1, 7, 4, 4}), float(64.0 * 9 * 127 * 127));
+    }
+    {
+        const Shape a_shape = {256, 16, 32, 32};
+        const QuantizedTensor a = constant(a_shape, -127, TensorRole::activation);
+        const QuantizedTensor e = constant(a_shape, 127, TensorRole::error);
+        const Tensor dw = conv_backward_weight(e, a, 3, {1, 1});
+        // Offset (kx, ky) = (1, 1) sees every position; (0, 0) misses one row and one column.
+        EXPECT_EQ(dw.at({3, 5, 1, 1}), float(-256.0 * 32 * 32 * 127 * 127));
+        EXPECT_EQ(dw.at({3, 5, 0, 0}), float(-256.0 * 31 * 31 * 127 * 127));
+    }
+}
+
+TEST(IntegerConv, RejectsMismatchedOperands) {
+    const QuantizedTensor a = quantize(random_tensor({2, 3, 5, 5}, 1), parse_format("m3e0"));
+    const QuantizedTensor w =
+        quantize(random_tensor({4, 3, 3, 3}, 2), parse_format("m3e0"), Rounding::nearest, 0, 0, 0, TensorRole::weight);
+    EXPECT_THROW(conv_forward(a, a, {1, 1}), std::invalid_argument);  // activations as weights
+    const QuantizedTensor w2 =
+        quantize(random_tensor({4, 2, 3, 3}, 2), parse_format("m3e0"), Rounding::nearest, 0, 0, 0, TensorRole::weight);
+    EXPECT_THROW(conv_forward(a, w2, {1, 1}), std::invalid_argument);  // channel mismatch
+    EXPECT_THROW(conv_forward(a, w, {0, 1}), std::invalid_argument);   // stride 0
+    EXPECT_THROW(conv_forward(a, w, {1, 3}), std::invalid_argument);   // padding >= K
+}
+
+// float32 kernels: against the float64 reference, and their gradients against each other
+// through the adjoint identity <conv(A, W), R> = <A, dA(R, W)> = <W, dW(R, A)>, and against
+// central finite differences of the forward kernel.
+TEST(FloatConv, AgainstFloat64Reference) {
+    uint32_t seed = 50;
+    for (const ConvShape &s : shapes()) {
+        SCOPED_TRACE("K" + std::to_string(s.K) + " s" + std::to_string(s.stride));
+        const ConvGeometry g{int(s.stride), int(s.pad)};
+        const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, seed++);
+        const Tensor w = random_tensor({s.O, s.C, s.K, s.K}, seed++);
+        const Tensor e = random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++);
+        const auto av = as_double(a), wv = as_double(w), ev = as_double(e);
+        expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
+                     reference::conv_forward(s, absolute(av), absolute(wv)), 1e-5, "forward");
+        expect_close(conv_backward_data(e, w, a.shape(), g), reference::conv_backward_data(s, ev, wv),
+                     reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-5, "backward-data");
+        expect_close(conv_backward_weight(e, a, int(s.K), g), reference::conv_backward_weight(s, ev, av),
+                     reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-5, "backward-weight");
+    }
+}
+
+double dot(const Tensor &a, const Tensor &b) {
+    double s = 0;
+    for (int64_t k = 0; k < a.numel(); k++) s += double(a[k]) * double(b[k]);
+    return s;
+}
+
+TEST(FloatConv, BackwardPassesAreTheGradientsOfForward) {
+    for (int stride : {1, 2}) {
+        const ConvShape s = make_shape(2, 5, 9, 3, 3, stride);
+        const ConvGeometry g{stride, 1};
+        const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, 11);
+        const Tensor w = random_tensor({s.O, s.C, s.K, s.K}, 12);
+        const Tensor r = random_tensor({s.N, s.O, s.out_h(), s.out_w()}, 13);
+        // L = <conv(A, W), R>: dL/dA = dA(R, W), dL/dW = dW(R, A).
+        const Tensor grad_a = conv_backward_data(r, w, a.shape(), g);
+        const Tensor grad_w = conv_backward_weight(r, a, int(s.K), g);
+        const double loss = dot(conv_forward(a, w, g), r);
+        EXPECT_NEAR(dot(a, grad_a), loss, 1e-4 * std::fabs(loss) + 1e-3);
+        EXPECT_NEAR(dot(w, grad_w), loss, 1e-4 * std::fabs(loss) + 1e-3);
+        // Central differences on a few coordinates of A and W (L is linear in each, so the
+        // difference quotient is exact up to float rounding of the forward pass).
+        const float h = 0.5f;
+        for (int64_t k : {int64_t(0), a.numel() / 3, a.numel() - 1}) {
+            Tensor plus = a.clone(), minus = a.clone();
+            plus[k] += h;
+            minus[k] -= h;
+            const double fd = (dot(conv_forward(plus, w, g), r) - dot(conv_forward(minus, w, g), r)) / (2 * h);
+            EXPECT_NEAR(fd, grad_a[k], 2e-3 * (1 + std::fabs(grad_a[k]))) << "dA[" << k << "]";
+        }
+        for (int64_t k : {int64_t(0), w.numel() / 2, w.numel() - 1}) {
+            Tensor plus = w.clone(), minus = w.clone();
+            plus[k] += h;
+            minus[k] -= h;
+            const double fd = (dot(conv_forward(a, plus, g), r) - dot(conv_forward(a, minus, g), r)) / (2 * h);
+            EXPECT_NEAR(fd, grad_w[k], 2e-3 * (1 + std::fabs(grad_w[k]))) << "dW[" << k << "]";
+        }
+    }
+}
+
+}  // namespace
+}  // namespace lowbit
