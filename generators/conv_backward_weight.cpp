@@ -31,6 +31,7 @@ void define_weight_gradient(ConvWeightPipeline &p, Func errors, Func input, cons
     p.partial(o, c, kx, ky, n) += cast(acc, p.packed_errors(r[0], o, r[1], r[2], n)) *
                                   cast(acc, p.packed_input(r[0], r[1], r[2] * stride + ky, kx, c, n));
     p.samples = RDom(0, batch, "samples");
+    p.stride = stride;
 }
 
 class ConvBackwardWeight : public Generator<ConvBackwardWeight> {

@@ -29,6 +29,8 @@ inline void define_correlation(schedules::ConvPipeline &p, const Expr &kernel, c
     } else {
         p.reduction = RDom({{0, 1}, {0, kernel}, {0, kernel}, {0, channels}}, "r");
     }
+    p.stride = stride;
+    p.kernel = kernel;
     const RDom &r = p.reduction;
     Expr a = p.packed_input(r[0], p.x * stride + r[1], p.y * stride + r[2], r[3], p.n);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);

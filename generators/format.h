@@ -118,17 +118,18 @@ template <class Ops>
 Neighbours<Ops> magnitude_neighbours(const typename Ops::Real &a, const FormatRuntime<Ops> &f) {
     using Real = typename Ops::Real;
     using Int = typename Ops::Int;
-    // x = number of grid tops that a exceeds, x <= exponent_steps since a <= qmax.
-    Int x = Int(0);
-    Real top_below = Real(0.0);  // top of grid x - 1, 0 when x = 0
+    // Walk up the grids: past each top that a exceeds, the step (and its inverse) grows by
+    // 2^D. Every candidate is a per-format constant, so a kernel only selects among them.
+    Real step = Real(1.0), inverse_step = Real(1.0);
+    Real top_below = Real(0.0);  // top of the grid below the one that holds a; 0 for the finest
     for (int k = 0; k < Ops::step_bound(f.exponent_steps); k++) {
         const Real top = Ops::to_real(f.mantissa_max) * Ops::pow2(f.shift * k);
         const auto above = (Int(k) < f.exponent_steps) && (a > top);
-        x = Ops::select(above, Int(k + 1), x);
+        step = Ops::select(above, Ops::pow2(f.shift * (k + 1)), step);
+        inverse_step = Ops::select(above, Ops::pow2(-(f.shift * (k + 1))), inverse_step);
         top_below = Ops::select(above, top, top_below);
     }
-    const Real step = Ops::pow2(f.shift * x);
-    const Real in_steps = a / step;  // exact: step is a power of two
+    const Real in_steps = a * inverse_step;  // a / step, exactly: a power of two
     const Real hi = Ops::ceil(in_steps) * step;
     const Real lo = Ops::max(Ops::floor(in_steps) * step, top_below);
     return {lo, hi};

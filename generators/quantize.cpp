@@ -210,7 +210,7 @@ public:
                                           {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
-        p.specializations = {stochastic, exponent_steps == 0};
+        p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
         input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
         group_exponent.set_estimates({{0, kEstimateGroups}});
         values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
@@ -237,7 +237,7 @@ public:
                                           {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
-        p.specializations = {stochastic, exponent_steps == 0};
+        p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
         input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
         group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
         block.set_estimate(32);

@@ -62,6 +62,7 @@ struct ConvPipeline {
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel pair
     Halide::RDom reduction;                      // (j, kx, ky, c2) or (kx, ky, c)
+    Halide::Expr stride, kernel;                 // of the correlation: schedules specialize on them
     bool pairs = true;
 };
 
@@ -77,6 +78,7 @@ struct ConvWeightPipeline {
     Halide::Var kx{"kx"}, ky{"ky"}, c{"c"}, o{"o"}, n{"n"}, j{"j"};
     Halide::RDom positions;  // (j, x2, y): one sample's output positions
     Halide::RDom samples;    // n
+    Halide::Expr stride;
     bool pairs = true;
 };
 

@@ -108,10 +108,21 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .vectorize(p.x, v)
         .unroll(p.x)
         .unroll(p.k);
+    // The window (kx, ky) runs inside the channel pairs; with K = 3 it is unrolled.
     Stage update = p.accumulator.update();
-    update.reorder(r[0], p.x, p.k, r[3], r[1], r[2], p.y, p.n);
+    update.reorder(r[0], p.x, p.k, r[1], r[2], r[3], p.y, p.n);
     if (p.pairs) update.atomic().vectorize(r[0]);
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k);
+    // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
+    // load and a deinterleave). Each specialization inherits the schedule above.
+    if (p.stride.as<Internal::IntImm>()) {
+        update.specialize(p.kernel == 3).unroll(r[1]).unroll(r[2]);
+    } else {
+        for (int stride : {1, 2}) {
+            update.specialize(p.stride == stride && p.kernel == 3).unroll(r[1]).unroll(r[2]);
+            update.specialize(p.stride == stride);
+        }
+    }
 
     const int pair = p.pairs ? 2 : 1;
     p.packed_input.compute_root()
@@ -162,6 +173,10 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .vectorize(p.o, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
     p.packed_input.compute_root().bound(p.j, 0, pair).unroll(p.j).parallel(p.n);
+    p.packed_input.specialize(p.stride == 1);
+    p.packed_input.specialize(p.stride == 2);
+    update.specialize(p.stride == 1);
+    update.specialize(p.stride == 2);
 }
 
 }  // namespace lowbit::schedules::x86
