@@ -9,20 +9,20 @@ void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams 
     Var go("go"), block("block"), thread("thread");
     const int threads = params.gpu_threads;
     if (!p.blocked) {
-        p.row_max.compute_root().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads);
-        p.row_max.update().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads);
-        p.group_max.compute_root().gpu_tile(p.g, block, thread, threads);
-        p.group_max.update().gpu_tile(p.g, block, thread, threads);
+        p.row_max.compute_root().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads, TailStrategy::GuardWithIf);
+        p.row_max.update().fuse(p.g, p.o, go).gpu_tile(go, block, thread, threads, TailStrategy::GuardWithIf);
+        p.group_max.compute_root().gpu_tile(p.g, block, thread, threads, TailStrategy::GuardWithIf);
+        p.group_max.update().gpu_tile(p.g, block, thread, threads, TailStrategy::GuardWithIf);
     } else {
-        p.row_max.compute_root().gpu_tile(p.i, block, thread, threads);
-        p.row_max.update().gpu_tile(p.i, block, thread, threads);
+        p.row_max.compute_root().gpu_tile(p.i, block, thread, threads, TailStrategy::GuardWithIf);
+        p.row_max.update().gpu_tile(p.i, block, thread, threads, TailStrategy::GuardWithIf);
     }
     p.tensor_max.compute_root().gpu_single_thread();
     p.tensor_max.update().gpu_single_thread();
     if (!p.blocked) {
-        p.group_exponent.compute_root().gpu_tile(p.g, block, thread, threads);
+        p.group_exponent.compute_root().gpu_tile(p.g, block, thread, threads, TailStrategy::GuardWithIf);
     } else {
-        p.group_exponent.compute_root().gpu_tile(p.i, block, thread, threads);
+        p.group_exponent.compute_root().gpu_tile(p.i, block, thread, threads, TailStrategy::GuardWithIf);
     }
 }
 

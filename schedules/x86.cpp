@@ -119,8 +119,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         update.specialize(p.kernel == 3).unroll(r[1]).unroll(r[2]);
     } else {
         for (int stride : {1, 2}) {
-            update.specialize(p.stride == stride && p.kernel == 3).unroll(r[1]).unroll(r[2]);
-            update.specialize(p.stride == stride);
+            Stage fixed = update.specialize(p.stride == stride);
+            fixed.specialize(p.kernel == 3).unroll(r[1], 3).unroll(r[2], 3);
         }
     }
 
