@@ -82,6 +82,7 @@ std::map<std::pair<std::string, std::string>, double> run_pytorch(int threads, i
 int main(int argc, char **argv) {
     int threads = 2, repetitions = 7, batch = 128;
     bool pytorch = true;
+    std::string only;  // run only the passes whose "layer pass" contains this
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         if (a == "--threads" && i + 1 < argc)
@@ -92,8 +93,11 @@ int main(int argc, char **argv) {
             batch = std::atoi(argv[++i]);
         else if (a == "--no-pytorch")
             pytorch = false;
+        else if (a == "--only" && i + 1 < argc)
+            only = argv[++i];
         else {
-            fmt::print(stderr, "usage: bench_conv [--threads N] [--repetitions N] [--batch N] [--no-pytorch]\n");
+            fmt::print(stderr,
+                       "usage: bench_conv [--threads N] [--repetitions N] [--batch N] [--no-pytorch] [--only TEXT]\n");
             return 2;
         }
     }
@@ -125,6 +129,7 @@ int main(int argc, char **argv) {
             if (pass != 0) quantize_into(qe, e, e_format, Rounding::stochastic, 1, 0, 2, TensorRole::error);
         };
         for (int pass = 0; pass < 3; pass++) {
+            if (!only.empty() && (std::string(l.name) + " " + kPasses[pass]).find(only) == std::string::npos) continue;
             quantize_inputs(pass);
             std::function<void()> run_int, run_f32;
             if (pass == 0) {

@@ -134,37 +134,42 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
 }
 
 // Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per
-// sample and kernel offset, a register tile of (v output channels) x (tile_channels inputs)
-// accumulates over the output positions, pairs of x reduced by pmaddwd, then is added to the
-// double total with the sample's scales.
+// sample and kernel offset, a register tile of (tile_x vectors of output channels) x
+// (tile_channels inputs) accumulates over the output positions, pairs of x reduced by
+// pmaddwd, then is added to the double total with the sample's scales.
 void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target &target) {
     const Type acc_type = p.partial.value().type();
     const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
-    const int tile_c = std::max(1, params.tile_channels);
+    const int tile_o = v * std::max(1, params.tile_x), tile_c = std::max(1, params.tile_channels);
     const RDom &r = p.positions;
     Var oo("oo"), oi("oi"), co("co"), ci("ci"), task("task");
 
     p.output.compute_root();
     p.total.compute_root();
     p.total.update()
-        .split(p.o, oo, oi, v, TailStrategy::GuardWithIf)
+        .split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
         .split(p.c, co, ci, tile_c, TailStrategy::GuardWithIf)
         .reorder(oi, ci, p.kx, p.ky, p.samples.x, co, oo)
-        .vectorize(oi)
+        .vectorize(oi, v)
+        .unroll(oi)
         .unroll(ci)
         .fuse(co, oo, task)
         .parallel(task);
 
+    // The register tile: tile_x vectors of output channels x tile_channels inputs, so each
+    // loaded error vector meets tile_channels broadcast inputs and each broadcast tile_x
+    // error vectors.
     p.partial.compute_at(p.total, p.kx)
-        .bound_extent(p.o, v)
+        .bound_extent(p.o, tile_o)
         .bound_extent(p.c, tile_c)
         .store_in(MemoryType::Register)
-        .vectorize(p.o)
+        .vectorize(p.o, v)
+        .unroll(p.o)
         .unroll(p.c);
     Stage update = p.partial.update();
     update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
     if (p.pairs) update.atomic().vectorize(r[0]);
-    update.vectorize(p.o).unroll(p.c);
+    update.vectorize(p.o, v).unroll(p.o).unroll(p.c);
 
     const int pair = p.pairs ? 2 : 1;
     p.packed_errors.compute_root()
@@ -172,7 +177,13 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .unroll(p.j)
         .vectorize(p.o, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
-    p.packed_input.compute_root().bound(p.j, 0, pair).unroll(p.j).parallel(p.n);
+    // Packing replicates the input once per kx: vectorize along the pairs of a row.
+    Var x2 = p.packed_input.args()[1];
+    p.packed_input.compute_root()
+        .bound(p.j, 0, pair)
+        .unroll(p.j)
+        .vectorize(x2, v, TailStrategy::GuardWithIf)
+        .parallel(p.n);
     p.packed_input.specialize(p.stride == 1);
     p.packed_input.specialize(p.stride == 2);
     update.specialize(p.stride == 1);
