@@ -49,14 +49,13 @@ public:
             strict_float(cast<float>(cast<double>(p.accumulator(x, y, k, n)) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
-        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
-        weights.set_estimates(
-            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        errors.set_estimates(kActivationEstimate);
+        weights.set_estimates(kWeightEstimate);
         error_scale.set_estimates({{0, kEstimateBatch}});
         weight_scale.set_estimates({{0, kEstimateChannels}});
         stride.set_estimate(1);
         pad.set_estimate(1);
-        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        output.set_estimates(kActivationEstimate);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }
@@ -85,12 +84,11 @@ public:
         output(x, y, k, n) = p.accumulator(x, y, k, n);
         p.output = output;
 
-        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
-        weights.set_estimates(
-            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        errors.set_estimates(kActivationEstimate);
+        weights.set_estimates(kWeightEstimate);
         stride.set_estimate(1);
         pad.set_estimate(1);
-        output.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        output.set_estimates(kActivationEstimate);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }

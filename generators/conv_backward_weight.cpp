@@ -65,14 +65,13 @@ public:
 
 private:
     void set_estimates() {
-        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
-        input.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        errors.set_estimates(kActivationEstimate);
+        input.set_estimates(kActivationEstimate);
         error_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
         input_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
         stride.set_estimate(1);
         pad.set_estimate(1);
-        output.set_estimates(
-            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        output.set_estimates(kWeightEstimate);
     }
     ConvWeightPipeline p;
 };
@@ -98,12 +97,11 @@ public:
         p.total(kx, ky, c, o) += p.partial(o, c, kx, ky, rn);
         output(kx, ky, c, o) = p.total(kx, ky, c, o);
         p.output = output;
-        errors.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
-        input.set_estimates({{0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}});
+        errors.set_estimates(kActivationEstimate);
+        input.set_estimates(kActivationEstimate);
         stride.set_estimate(1);
         pad.set_estimate(1);
-        output.set_estimates(
-            {{0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}});
+        output.set_estimates(kWeightEstimate);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }

@@ -15,6 +15,12 @@ using namespace Halide;
 // Estimates: a ResNet-20 32->32 layer at 16x16, batch 128.
 constexpr int kEstimateBatch = 128, kEstimateChannels = 32, kEstimateSize = 16, kEstimateKernel = 3;
 
+// Estimates for the shipped autoschedulers, one shape per kind of tensor.
+const Region kActivationEstimate = {
+    {0, kEstimateSize}, {0, kEstimateSize}, {0, kEstimateChannels}, {0, kEstimateBatch}};
+const Region kWeightEstimate = {
+    {0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}};
+
 // Operands are packed as pairs (j = 0, 1) of consecutive channels, so a 2-term integer dot
 // product (pmaddwd on x86, i16 pairs) reduces each pair; a channel past the end reads as 0.
 inline Expr channel_pair(const Expr &pair, const Expr &j) { return 2 * pair + j; }

@@ -2,193 +2,325 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
-#include <sstream>
+#include <string_view>
 
 namespace lowbit {
 
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
-constexpr size_t kMaxHeader = 1 << 20;  // far beyond any real header; bounds hostile input
-
-struct Header {
-    std::string descr;
-    bool fortran_order = false;
-    Shape shape;
-    size_t data_offset = 0;
-};
+constexpr size_t kMagicLen = 6;
+// Real headers stay under 2 KiB (NumPy itself refuses over 10000 bytes unless told otherwise);
+// the cap bounds the work a hostile file can cause.
+constexpr size_t kMaxHeaderLen = 1 << 20;
+// NumPy's own limit (NPY_MAXDIMS: 32 in NumPy 1.x, 64 in 2.x).
+constexpr size_t kMaxRank = 64;
+// No dtype string is longer; a longer one is garbage, not worth quoting in a message.
+constexpr size_t kMaxStringLen = 64;
 
 [[noreturn]] void fail(const std::string &path, const std::string &what) {
     throw NpyError(fmt::format("{}: {}", path, what));
 }
 
 std::string read_file(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
-    std::ostringstream s;
-    s << in.rdbuf();
-    if (in.bad()) fail(path, "read error");
-    return s.str();
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
+    // One byte beyond the size fstat reports, so a regular file is read without regrowing.
+    struct stat st;
+    const bool sized = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    std::string bytes(sized ? size_t(st.st_size) + 1 : size_t(4096), '\0');
+    size_t got = 0;
+    for (;;) {
+        if (got == bytes.size()) bytes.resize(2 * bytes.size());
+        const ssize_t n = ::read(fd, &bytes[got], bytes.size() - got);
+        if (n == 0) break;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            const int err = errno;
+            ::close(fd);
+            fail(path, fmt::format("cannot read: {}", std::strerror(err)));
+        }
+        got += size_t(n);
+    }
+    ::close(fd);
+    bytes.resize(got);
+    return bytes;
 }
 
-// The value text after `'key':` in the header dictionary, up to the matching delimiter.
-std::string dict_value(const std::string &path, const std::string &dict, const std::string &key) {
-    size_t pos = dict.find("'" + key + "'");
-    if (pos == std::string::npos) fail(path, fmt::format("malformed header: no '{}' key", key));
-    pos = dict.find(':', pos);
-    if (pos == std::string::npos) fail(path, fmt::format("malformed header: no value for '{}'", key));
-    pos++;
-    while (pos < dict.size() && dict[pos] == ' ') pos++;
-    if (pos >= dict.size()) fail(path, fmt::format("malformed header: no value for '{}'", key));
-    const char open = dict[pos];
-    if (open == '\'' || open == '"') {
-        const size_t end = dict.find(open, pos + 1);
-        if (end == std::string::npos) fail(path, "malformed header: unterminated string");
-        return dict.substr(pos + 1, end - pos - 1);
+struct Header {
+    std::string descr;
+    bool fortran_order = false;
+    Shape shape;
+    size_t data_offset = 0;  // from the start of the file
+};
+
+// The header dictionary, e.g. "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }":
+// just the Python literals NumPy writes there (quoted strings, True/False, a tuple of
+// non-negative integers), keys in any order, optional whitespace and trailing commas. Every
+// access is bounds-checked, for hostile files.
+class DictParser {
+public:
+    DictParser(const std::string &path, std::string_view text) : path_(path), text_(text) {}
+
+    Header parse() {
+        Header h;
+        bool seen_descr = false, seen_order = false, seen_shape = false;
+        expect('{', "at the start of the header");
+        while (!eat('}')) {
+            const std::string key = quoted("a key");
+            expect(':', fmt::format("after '{}'", key));
+            if (key == "descr") {
+                once(seen_descr, key);
+                h.descr = quoted("'descr' (structured dtypes are not supported)");
+            } else if (key == "fortran_order") {
+                once(seen_order, key);
+                h.fortran_order = boolean();
+            } else if (key == "shape") {
+                once(seen_shape, key);
+                h.shape = shape();
+            } else {
+                error(fmt::format("unexpected key '{}'", key));
+            }
+            if (!eat(',')) {
+                expect('}', "after a value");
+                break;
+            }
+        }
+        skip_space();  // the padding
+        if (pos_ != text_.size()) error("text after the dictionary");
+        if (!seen_descr || !seen_order || !seen_shape)
+            error(fmt::format("no '{}' key", !seen_descr   ? "descr"
+                                             : !seen_order ? "fortran_order"
+                                                           : "shape"));
+        return h;
     }
-    if (open == '(') {
-        const size_t end = dict.find(')', pos);
-        if (end == std::string::npos) fail(path, "malformed header: unterminated shape tuple");
-        return dict.substr(pos + 1, end - pos - 1);
+
+private:
+    [[noreturn]] void error(const std::string &what) const {
+        fail(path_, "malformed header: " + what);
     }
-    size_t end = pos;
-    while (end < dict.size() && dict[end] != ',' && dict[end] != '}') end++;
-    std::string v = dict.substr(pos, end - pos);
-    while (!v.empty() && v.back() == ' ') v.pop_back();
-    return v;
-}
+
+    void skip_space() {
+        while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t' ||
+                                       text_[pos_] == '\n' || text_[pos_] == '\r'))
+            pos_++;
+    }
+    bool at(char c) {
+        skip_space();
+        return pos_ < text_.size() && text_[pos_] == c;
+    }
+    bool eat(char c) {
+        if (!at(c)) return false;
+        pos_++;
+        return true;
+    }
+    void expect(char c, const std::string &where) {
+        if (!eat(c)) error(fmt::format("expected '{}' {}", c, where));
+    }
+    void once(bool &seen, const std::string &key) {
+        if (seen) error(fmt::format("'{}' given twice", key));
+        seen = true;
+    }
+
+    // A quoted string without escapes: NumPy's keys and dtype strings never need any.
+    std::string quoted(const std::string &what) {
+        if (!at('\'') && !at('"')) error("expected a quoted string for " + what);
+        const char quote = text_[pos_++];
+        std::string s;
+        for (; pos_ < text_.size() && text_[pos_] != quote; pos_++) {
+            const char c = text_[pos_];
+            if (c < 0x20 || c > 0x7e) error("unprintable character in a string");
+            if (s.size() == kMaxStringLen)
+                error(fmt::format("string longer than {} characters", kMaxStringLen));
+            s += c;
+        }
+        if (pos_ == text_.size()) error("unterminated string");
+        pos_++;
+        return s;
+    }
+
+    bool boolean() {
+        skip_space();
+        for (const bool value : {true, false}) {
+            const std::string_view word = value ? "True" : "False";
+            if (text_.substr(pos_, word.size()) == word) {
+                pos_ += word.size();
+                return value;
+            }
+        }
+        error("'fortran_order' is neither True nor False");
+    }
+
+    // "()", "(3,)", "(2, 3)", "(2, 3,)"; also "(3)", which Python reads as a plain 3.
+    Shape shape() {
+        expect('(', "for 'shape'");
+        Shape s;
+        while (!eat(')')) {
+            if (s.size() == kMaxRank) error(fmt::format("more than {} dimensions", kMaxRank));
+            s.push_back(extent());
+            if (!eat(',')) {
+                expect(')', "after an extent in 'shape'");
+                break;
+            }
+        }
+        return s;
+    }
+
+    int64_t extent() {
+        skip_space();
+        if (at('-')) error("negative extent in 'shape'");
+        if (pos_ == text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_])))
+            error("expected an integer in 'shape'");
+        int64_t value = 0;
+        for (; pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]));
+             pos_++) {
+            const int digit = text_[pos_] - '0';
+            if (value > (std::numeric_limits<int64_t>::max() - digit) / 10)
+                error("extent in 'shape' overflows");
+            value = value * 10 + digit;
+        }
+        if (pos_ < text_.size() && text_[pos_] == 'L') pos_++;  // Python 2 long, as in "(3L,)"
+        return value;
+    }
+
+    const std::string &path_;
+    std::string_view text_;
+    size_t pos_ = 0;
+};
 
 Header parse_header(const std::string &path, const std::string &bytes) {
-    if (bytes.size() < 10 || bytes.compare(0, 6, kMagic, 6) != 0) fail(path, "not a .npy file (bad magic)");
-    const int major = static_cast<unsigned char>(bytes[6]);
-    size_t header_len, offset;
-    if (major == 1) {
-        header_len = size_t(static_cast<unsigned char>(bytes[8])) | size_t(static_cast<unsigned char>(bytes[9])) << 8;
-        offset = 10;
-    } else if (major == 2 || major == 3) {
-        if (bytes.size() < 12) fail(path, "truncated header");
-        header_len = 0;
-        for (int i = 0; i < 4; i++) header_len |= size_t(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
-        offset = 12;
-    } else {
-        fail(path, fmt::format(".npy format version {} not supported", major));
-    }
-    if (header_len > kMaxHeader) fail(path, fmt::format("malformed header: length {} is implausible", header_len));
-    if (bytes.size() < offset + header_len)
-        fail(path, fmt::format("truncated header: {} bytes announced, {} present", header_len, bytes.size() - offset));
-    const std::string dict = bytes.substr(offset, header_len);
-    if (dict.find('{') == std::string::npos) fail(path, "malformed header: no dictionary");
-
-    Header h;
-    h.data_offset = offset + header_len;
-    h.descr = dict_value(path, dict, "descr");
-    const std::string order = dict_value(path, dict, "fortran_order");
-    if (order == "True")
-        h.fortran_order = true;
-    else if (order != "False")
-        fail(path, fmt::format("malformed header: fortran_order '{}'", order));
-    const std::string shape = dict_value(path, dict, "shape");
-    size_t pos = 0;
-    while (pos < shape.size()) {
-        while (pos < shape.size() && (shape[pos] == ' ' || shape[pos] == ',')) pos++;
-        if (pos >= shape.size()) break;
-        if (!std::isdigit(static_cast<unsigned char>(shape[pos])))
-            fail(path, fmt::format("malformed header: shape '({})'", shape));
-        int64_t extent = 0;
-        while (pos < shape.size() && std::isdigit(static_cast<unsigned char>(shape[pos]))) {
-            if (extent > (std::numeric_limits<int64_t>::max() - 9) / 10)
-                fail(path, "malformed header: extent overflows");
-            extent = extent * 10 + (shape[pos++] - '0');
-        }
-        if (pos < shape.size() && shape[pos] == 'L') pos++;  // Python 2 longs
-        h.shape.push_back(extent);
-        if (h.shape.size() > 32) fail(path, "malformed header: more than 32 dimensions");
-    }
+    if (bytes.size() < kMagicLen || bytes.compare(0, kMagicLen, kMagic) != 0)
+        fail(path, "not a .npy file (bad magic)");
+    if (bytes.size() < kMagicLen + 2) fail(path, "truncated header: no format version");
+    const unsigned major = static_cast<unsigned char>(bytes[6]),
+                   minor = static_cast<unsigned char>(bytes[7]);
+    if (major < 1 || major > 3 || minor != 0)
+        fail(path, fmt::format(".npy format version {}.{} not supported (only 1.0, 2.0, 3.0)",
+                               major, minor));
+    // Little-endian header length: 2 bytes in version 1.0, 4 since.
+    const size_t len_bytes = major == 1 ? 2 : 4;
+    const size_t prefix = kMagicLen + 2 + len_bytes;
+    if (bytes.size() < prefix) fail(path, "truncated header: no header length");
+    size_t header_len = 0;
+    for (size_t i = 0; i < len_bytes; i++)
+        header_len |= size_t(static_cast<unsigned char>(bytes[kMagicLen + 2 + i])) << (8 * i);
+    if (header_len > kMaxHeaderLen)
+        fail(path, fmt::format("malformed header: {} bytes long, more than the {} allowed",
+                               header_len, kMaxHeaderLen));
+    if (bytes.size() - prefix < header_len)
+        fail(path, fmt::format("truncated header: {} bytes announced, file holds {}", header_len,
+                               bytes.size() - prefix));
+    Header h = DictParser(path, std::string_view(bytes).substr(prefix, header_len)).parse();
+    h.data_offset = prefix + header_len;
     return h;
 }
 
-// Payload of `count` elements of `size` bytes, converted from Fortran order if needed.
-std::vector<char> payload(const std::string &path, const std::string &bytes, const Header &h, size_t size) {
-    int64_t count;
-    try {
-        count = shape_numel(h.shape);
-    } catch (const std::invalid_argument &) {
-        fail(path, fmt::format("shape {} has too many elements", shape_string(h.shape)));
+void check_dtype(const std::string &path, const Header &h, const char *descr, const char *name) {
+    if (h.descr == descr) return;
+    fail(path,
+         fmt::format("dtype '{}'{} not supported, expected {} ('{}')", h.descr,
+                     h.descr.size() > 0 && h.descr[0] == '>' ? " (big-endian)" : "", name, descr));
+}
+
+// The element count of `h`, checked against the bytes the file holds. Shapes whose nonzero
+// extents multiply past any possible file size are refused even when another extent is 0, so
+// stride arithmetic on them cannot overflow later.
+int64_t checked_count(const std::string &path, const std::string &bytes, const Header &h,
+                      size_t elem) {
+    const int64_t limit = std::numeric_limits<int64_t>::max() / int64_t(elem);
+    int64_t count = 1, bound = 1;
+    for (const int64_t extent : h.shape) {
+        const int64_t e = std::max<int64_t>(extent, 1);
+        if (e > limit / bound)
+            fail(path, fmt::format("shape {} has too many elements", shape_string(h.shape)));
+        bound *= e;
+        count *= extent;
     }
-    if (uint64_t(count) > (std::numeric_limits<uint64_t>::max() / size))
-        fail(path, fmt::format("shape {} has too many elements", shape_string(h.shape)));
-    const uint64_t need = uint64_t(count) * size;
-    const uint64_t have = bytes.size() - h.data_offset;
+    const uint64_t need = uint64_t(count) * elem, have = bytes.size() - h.data_offset;
     if (have < need)
-        fail(path, fmt::format("truncated: header says {} elements ({} bytes), file holds {}", count, need, have));
-    std::vector<char> data(bytes.begin() + long(h.data_offset), bytes.begin() + long(h.data_offset + need));
-    if (!h.fortran_order || h.shape.size() < 2) return data;
-    // Fortran order: the first index runs fastest. Walk the C-order index and gather.
-    std::vector<char> c_order(data.size());
+        fail(path, fmt::format("truncated: header says {} elements ({} bytes), file holds {}",
+                               count, need, have));
+    return count;
+}
+
+// Copies `count` elements of `elem` bytes from the file's payload to `dst` in row-major order.
+void copy_row_major(const std::string &bytes, const Header &h, int64_t count, size_t elem,
+                    void *dst) {
+    const char *src = bytes.data() + h.data_offset;
+    char *out = static_cast<char *>(dst);
     const size_t rank = h.shape.size();
-    std::vector<int64_t> index(rank, 0), f_stride(rank, 1);
-    for (size_t d = 1; d < rank; d++) f_stride[d] = f_stride[d - 1] * h.shape[d - 1];
+    if (!h.fortran_order || rank < 2 || count == 0) {
+        if (count > 0) std::memcpy(out, src, size_t(count) * elem);
+        return;
+    }
+    // Fortran order: the first index varies fastest. Walk the row-major index, keeping the
+    // Fortran offset of the element in step (no overflow: every extent is >= 1 here).
+    std::vector<int64_t> index(rank, 0), stride(rank);
+    int64_t s = 1;
+    for (size_t d = 0; d < rank; d++) {
+        stride[d] = s;
+        s *= h.shape[d];
+    }
+    int64_t offset = 0;
     for (int64_t flat = 0; flat < count; flat++) {
-        int64_t src = 0;
-        for (size_t d = 0; d < rank; d++) src += index[d] * f_stride[d];
-        std::memcpy(&c_order[size_t(flat) * size], &data[size_t(src) * size], size);
+        std::memcpy(out + size_t(flat) * elem, src + size_t(offset) * elem, elem);
         for (size_t d = rank; d-- > 0;) {
+            offset += stride[d];
             if (++index[d] < h.shape[d]) break;
+            offset -= stride[d] * h.shape[d];
             index[d] = 0;
         }
     }
-    return c_order;
 }
 
-std::string dtype_error(const std::string &descr, const char *expected) {
-    return fmt::format("dtype '{}' not supported, expected {}", descr, expected);
-}
-
-std::string header_for(const char *descr, const Shape &shape) {
+// The header np.save writes for a C-order array, byte for byte: the dictionary with its keys
+// sorted, spaces that leave room for axis 0 to grow to 21 digits in place, then spaces and '\n'
+// up to a multiple of 64 bytes (NumPy always pads by at least one space).
+std::string npy_header(const char *descr, const Shape &shape) {
     std::string dims;
-    for (int64_t d : shape) dims += fmt::format("{}, ", d);
-    if (shape.size() > 1)
-        dims.resize(dims.size() - 2);  // (3,) keeps its comma
-    else if (shape.empty())
-        dims.clear();
-    else
-        dims.pop_back();
-    std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
-    // Magic, version, length, dictionary, padded with spaces to a multiple of 64, then '\n'.
-    const bool v2 = dict.size() + 11 > 65535;
-    const size_t prefix = v2 ? 12 : 10;
-    const size_t total = ((prefix + dict.size() + 1 + 63) / 64) * 64;
-    dict.append(total - prefix - dict.size() - 1, ' ');
-    dict.push_back('\n');
-    std::string out(kMagic, 6);
-    out.push_back(char(v2 ? 2 : 1));
-    out.push_back(0);
-    const size_t len = dict.size();
-    for (size_t i = 0; i < (v2 ? 4u : 2u); i++) out.push_back(char((len >> (8 * i)) & 0xff));
-    return out + dict;
+    for (size_t d = 0; d < shape.size(); d++) dims += fmt::format(d == 0 ? "{}" : ", {}", shape[d]);
+    if (shape.size() == 1) dims += ',';  // a 1-tuple in Python: "(3,)"
+    std::string dict =
+        fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
+    if (!shape.empty())
+        dict.append(21 - std::min<size_t>(21, fmt::formatted_size("{}", shape[0])), ' ');
+    // Version 1.0 stores the header length in 2 bytes; only a longer header needs 2.0 (4 bytes).
+    size_t prefix = kMagicLen + 2 + 2;
+    auto padded = [&] { return dict.size() + 1 + 64 - (prefix + dict.size() + 1) % 64; };
+    const bool v2 = padded() > 0xffff;
+    if (v2) prefix += 2;
+    const size_t header_len = padded();
+    std::string out(kMagic, kMagicLen);
+    out += char(v2 ? 2 : 1);
+    out += '\0';
+    for (size_t i = 0; i < prefix - kMagicLen - 2; i++) out += char((header_len >> (8 * i)) & 0xff);
+    out += dict;
+    out.append(header_len - dict.size() - 1, ' ');
+    out += '\n';
+    return out;
 }
 
-void write_atomically(const std::string &path, const std::string &header, const void *data, size_t bytes) {
+void write_atomically(const std::string &path, const std::string &header, const void *data,
+                      size_t bytes) {
     const std::string tmp = path + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) fail(path, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail(path, fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
+    int err = 0;
     auto write_all = [&](const void *p, size_t n) {
         const char *c = static_cast<const char *>(p);
-        while (n > 0) {
+        while (n > 0 && err == 0) {
             const ssize_t w = ::write(fd, c, n);
             if (w < 0) {
-                if (errno == EINTR) continue;
-                const int err = errno;
-                ::close(fd);
-                ::unlink(tmp.c_str());
-                fail(path, fmt::format("write error: {}", std::strerror(err)));
+                if (errno != EINTR) err = errno;
+                continue;
             }
             c += w;
             n -= size_t(w);
@@ -196,14 +328,13 @@ void write_atomically(const std::string &path, const std::string &header, const 
     };
     write_all(header.data(), header.size());
     write_all(data, bytes);
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    // Data on disk before the rename makes it visible under `path`.
+    if (err == 0 && ::fsync(fd) != 0) err = errno;
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+    if (err != 0) {
         ::unlink(tmp.c_str());
-        fail(path, fmt::format("cannot flush: {}", std::strerror(errno)));
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        ::unlink(tmp.c_str());
-        fail(path, fmt::format("cannot rename {} into place: {}", tmp, std::strerror(err)));
+        fail(path, fmt::format("cannot write: {}", std::strerror(err)));
     }
 }
 
@@ -212,32 +343,41 @@ void write_atomically(const std::string &path, const std::string &header, const 
 Tensor read_npy(const std::string &path) {
     const std::string bytes = read_file(path);
     const Header h = parse_header(path, bytes);
-    if (h.descr != "<f4") fail(path, dtype_error(h.descr, "float32 ('<f4')"));
-    const std::vector<char> data = payload(path, bytes, h, sizeof(float));
+    check_dtype(path, h, "<f4", "float32");
+    const int64_t count = checked_count(path, bytes, h, sizeof(float));
     Tensor t = Tensor::uninitialized(h.shape);
-    if (!data.empty()) std::memcpy(t.data(), data.data(), data.size());
+    copy_row_major(bytes, h, count, sizeof(float), t.data());
     return t;
 }
 
 Int8Array read_npy_int8(const std::string &path) {
     const std::string bytes = read_file(path);
     const Header h = parse_header(path, bytes);
-    if (h.descr != "|i1" && h.descr != "<i1") fail(path, dtype_error(h.descr, "int8 ('|i1')"));
-    const std::vector<char> data = payload(path, bytes, h, 1);
-    Int8Array a;
-    a.shape = h.shape;
-    a.data.resize(data.size());
-    if (!data.empty()) std::memcpy(a.data.data(), data.data(), data.size());
+    check_dtype(path, h, "|i1", "int8");
+    const int64_t count = checked_count(path, bytes, h, 1);
+    Int8Array a{h.shape, std::vector<int8_t>(size_t(count))};
+    copy_row_major(bytes, h, count, 1, a.data.data());
     return a;
 }
 
 void write_npy(const std::string &path, const Tensor &tensor) {
+    // A default-constructed Tensor has rank 0 but no element; a rank-0 file must hold one.
+    if (tensor.rank() == 0 && tensor.numel() == 0)
+        fail(path, "cannot write an empty (default-constructed) Tensor");
     const Tensor t = tensor.contiguous();
-    write_atomically(path, header_for("<f4", t.shape()), t.data(), size_t(t.numel()) * sizeof(float));
+    write_atomically(path, npy_header("<f4", t.shape()), t.data(),
+                     size_t(t.numel()) * sizeof(float));
 }
 
 void write_npy(const std::string &path, const Shape &shape, const int8_t *data) {
-    write_atomically(path, header_for("|i1", shape), data, size_t(shape_numel(shape)));
+    int64_t count = 0;
+    try {
+        count = shape_numel(shape);
+    } catch (const std::invalid_argument &e) {
+        fail(path, e.what());
+    }
+    if (data == nullptr && count > 0) fail(path, "null data");
+    write_atomically(path, npy_header("|i1", shape), data, size_t(count));
 }
 
 }  // namespace lowbit
