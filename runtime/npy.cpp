@@ -1,11 +1,13 @@
 #include "npy.h"
 
 #include <fcntl.h>
-#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -97,20 +99,16 @@ public:
         skip_space();  // the padding
         if (pos_ != text_.size()) error("text after the dictionary");
         if (!seen_descr || !seen_order || !seen_shape)
-            error(fmt::format("no '{}' key", !seen_descr   ? "descr"
-                                             : !seen_order ? "fortran_order"
-                                                           : "shape"));
+            error(fmt::format("no '{}' key", !seen_descr ? "descr" : !seen_order ? "fortran_order" : "shape"));
         return h;
     }
 
 private:
-    [[noreturn]] void error(const std::string &what) const {
-        fail(path_, "malformed header: " + what);
-    }
+    [[noreturn]] void error(const std::string &what) const { fail(path_, "malformed header: " + what); }
 
     void skip_space() {
-        while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t' ||
-                                       text_[pos_] == '\n' || text_[pos_] == '\r'))
+        while (pos_ < text_.size() &&
+               (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r'))
             pos_++;
     }
     bool at(char c) {
@@ -138,8 +136,7 @@ private:
         for (; pos_ < text_.size() && text_[pos_] != quote; pos_++) {
             const char c = text_[pos_];
             if (c < 0x20 || c > 0x7e) error("unprintable character in a string");
-            if (s.size() == kMaxStringLen)
-                error(fmt::format("string longer than {} characters", kMaxStringLen));
+            if (s.size() == kMaxStringLen) error(fmt::format("string longer than {} characters", kMaxStringLen));
             s += c;
         }
         if (pos_ == text_.size()) error("unterminated string");
@@ -175,16 +172,13 @@ private:
     }
 
     int64_t extent() {
-        skip_space();
         if (at('-')) error("negative extent in 'shape'");
         if (pos_ == text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_])))
             error("expected an integer in 'shape'");
         int64_t value = 0;
-        for (; pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]));
-             pos_++) {
+        for (; pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_])); pos_++) {
             const int digit = text_[pos_] - '0';
-            if (value > (std::numeric_limits<int64_t>::max() - digit) / 10)
-                error("extent in 'shape' overflows");
+            if (value > (std::numeric_limits<int64_t>::max() - digit) / 10) error("extent in 'shape' overflows");
             value = value * 10 + digit;
         }
         if (pos_ < text_.size() && text_[pos_] == 'L') pos_++;  // Python 2 long, as in "(3L,)"
@@ -197,14 +191,11 @@ private:
 };
 
 Header parse_header(const std::string &path, const std::string &bytes) {
-    if (bytes.size() < kMagicLen || bytes.compare(0, kMagicLen, kMagic) != 0)
-        fail(path, "not a .npy file (bad magic)");
+    if (bytes.size() < kMagicLen || bytes.compare(0, kMagicLen, kMagic) != 0) fail(path, "not a .npy file (bad magic)");
     if (bytes.size() < kMagicLen + 2) fail(path, "truncated header: no format version");
-    const unsigned major = static_cast<unsigned char>(bytes[6]),
-                   minor = static_cast<unsigned char>(bytes[7]);
+    const unsigned major = static_cast<unsigned char>(bytes[6]), minor = static_cast<unsigned char>(bytes[7]);
     if (major < 1 || major > 3 || minor != 0)
-        fail(path, fmt::format(".npy format version {}.{} not supported (only 1.0, 2.0, 3.0)",
-                               major, minor));
+        fail(path, fmt::format(".npy format version {}.{} not supported (only 1.0, 2.0, 3.0)", major, minor));
     // Little-endian header length: 2 bytes in version 1.0, 4 since.
     const size_t len_bytes = major == 1 ? 2 : 4;
     const size_t prefix = kMagicLen + 2 + len_bytes;
@@ -213,11 +204,10 @@ Header parse_header(const std::string &path, const std::string &bytes) {
     for (size_t i = 0; i < len_bytes; i++)
         header_len |= size_t(static_cast<unsigned char>(bytes[kMagicLen + 2 + i])) << (8 * i);
     if (header_len > kMaxHeaderLen)
-        fail(path, fmt::format("malformed header: {} bytes long, more than the {} allowed",
-                               header_len, kMaxHeaderLen));
+        fail(path, fmt::format("malformed header: {} bytes long, more than the {} allowed", header_len, kMaxHeaderLen));
     if (bytes.size() - prefix < header_len)
-        fail(path, fmt::format("truncated header: {} bytes announced, file holds {}", header_len,
-                               bytes.size() - prefix));
+        fail(path,
+             fmt::format("truncated header: {} bytes announced, file holds {}", header_len, bytes.size() - prefix));
     Header h = DictParser(path, std::string_view(bytes).substr(prefix, header_len)).parse();
     h.data_offset = prefix + header_len;
     return h;
@@ -225,35 +215,30 @@ Header parse_header(const std::string &path, const std::string &bytes) {
 
 void check_dtype(const std::string &path, const Header &h, const char *descr, const char *name) {
     if (h.descr == descr) return;
-    fail(path,
-         fmt::format("dtype '{}'{} not supported, expected {} ('{}')", h.descr,
-                     h.descr.size() > 0 && h.descr[0] == '>' ? " (big-endian)" : "", name, descr));
+    fail(path, fmt::format("dtype '{}'{} not supported, expected {} ('{}')", h.descr,
+                           h.descr.size() > 0 && h.descr[0] == '>' ? " (big-endian)" : "", name, descr));
 }
 
 // The element count of `h`, checked against the bytes the file holds. Shapes whose nonzero
 // extents multiply past any possible file size are refused even when another extent is 0, so
 // stride arithmetic on them cannot overflow later.
-int64_t checked_count(const std::string &path, const std::string &bytes, const Header &h,
-                      size_t elem) {
+int64_t checked_count(const std::string &path, const std::string &bytes, const Header &h, size_t elem) {
     const int64_t limit = std::numeric_limits<int64_t>::max() / int64_t(elem);
     int64_t count = 1, bound = 1;
     for (const int64_t extent : h.shape) {
         const int64_t e = std::max<int64_t>(extent, 1);
-        if (e > limit / bound)
-            fail(path, fmt::format("shape {} has too many elements", shape_string(h.shape)));
+        if (e > limit / bound) fail(path, fmt::format("shape {} has too many elements", shape_string(h.shape)));
         bound *= e;
         count *= extent;
     }
     const uint64_t need = uint64_t(count) * elem, have = bytes.size() - h.data_offset;
     if (have < need)
-        fail(path, fmt::format("truncated: header says {} elements ({} bytes), file holds {}",
-                               count, need, have));
+        fail(path, fmt::format("truncated: header says {} elements ({} bytes), file holds {}", count, need, have));
     return count;
 }
 
 // Copies `count` elements of `elem` bytes from the file's payload to `dst` in row-major order.
-void copy_row_major(const std::string &bytes, const Header &h, int64_t count, size_t elem,
-                    void *dst) {
+void copy_row_major(const std::string &bytes, const Header &h, int64_t count, size_t elem, void *dst) {
     const char *src = bytes.data() + h.data_offset;
     char *out = static_cast<char *>(dst);
     const size_t rank = h.shape.size();
@@ -288,10 +273,8 @@ std::string npy_header(const char *descr, const Shape &shape) {
     std::string dims;
     for (size_t d = 0; d < shape.size(); d++) dims += fmt::format(d == 0 ? "{}" : ", {}", shape[d]);
     if (shape.size() == 1) dims += ',';  // a 1-tuple in Python: "(3,)"
-    std::string dict =
-        fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
-    if (!shape.empty())
-        dict.append(21 - std::min<size_t>(21, fmt::formatted_size("{}", shape[0])), ' ');
+    std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
+    if (!shape.empty()) dict.append(21 - std::min<size_t>(21, fmt::formatted_size("{}", shape[0])), ' ');
     // Version 1.0 stores the header length in 2 bytes; only a longer header needs 2.0 (4 bytes).
     size_t prefix = kMagicLen + 2 + 2;
     auto padded = [&] { return dict.size() + 1 + 64 - (prefix + dict.size() + 1) % 64; };
@@ -308,8 +291,7 @@ std::string npy_header(const char *descr, const Shape &shape) {
     return out;
 }
 
-void write_atomically(const std::string &path, const std::string &header, const void *data,
-                      size_t bytes) {
+void write_atomically(const std::string &path, const std::string &header, const void *data, size_t bytes) {
     const std::string tmp = path + ".tmp";
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail(path, fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
@@ -362,11 +344,9 @@ Int8Array read_npy_int8(const std::string &path) {
 
 void write_npy(const std::string &path, const Tensor &tensor) {
     // A default-constructed Tensor has rank 0 but no element; a rank-0 file must hold one.
-    if (tensor.rank() == 0 && tensor.numel() == 0)
-        fail(path, "cannot write an empty (default-constructed) Tensor");
+    if (tensor.rank() == 0 && tensor.numel() == 0) fail(path, "cannot write an empty (default-constructed) Tensor");
     const Tensor t = tensor.contiguous();
-    write_atomically(path, npy_header("<f4", t.shape()), t.data(),
-                     size_t(t.numel()) * sizeof(float));
+    write_atomically(path, npy_header("<f4", t.shape()), t.data(), size_t(t.numel()) * sizeof(float));
 }
 
 void write_npy(const std::string &path, const Shape &shape, const int8_t *data) {
