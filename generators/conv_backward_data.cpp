@@ -37,16 +37,16 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o2("o2");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group("group");
+        const int g = p.group = dot_width(get_target(), dot);
         Expr kernel = weights.dim(0).extent();
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        p.packed_input(j, x, y, o2, n) =
-            cast<int16_t>(dilated<int8_t>(e, x, y, channel_pair(o2, j), n, kernel, stride, pad));
-        p.packed_weights(j, x, y, o2, k) = cast<int16_t>(w(kernel - 1 - x, kernel - 1 - y, k, channel_pair(o2, j)));
-        define_correlation(p, kernel, errors.dim(2).extent(), 1, Int(32));
-        output(x, y, k, n) =
-            strict_float(cast<float>(cast<double>(p.accumulator(x, y, k, n)) * error_scale(n) * weight_scale(k)));
+        const Expr o = channel_in_group(group, j, g);
+        p.packed_input(j, x, y, group, n) = pack_integer_input(dilated<int8_t>(e, x, y, o, n, kernel, stride, pad), g);
+        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(kernel - 1 - x, kernel - 1 - y, k, o), g);
+        Expr sum = define_correlation(p, kernel, errors.dim(2).extent(), 1, Int(32));
+        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
         errors.set_estimates(kActivationEstimate);
@@ -75,13 +75,12 @@ public:
 
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o("o");
-        p.pairs = false;
+        p.group = 1;
         Expr kernel = weights.dim(0).extent();
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
         p.packed_input(j, x, y, o, n) = dilated<float>(e, x, y, o, n, kernel, stride, pad);
         p.packed_weights(j, x, y, o, k) = weights(kernel - 1 - x, kernel - 1 - y, k, o);
-        define_correlation(p, kernel, errors.dim(2).extent(), 1, Float(32));
-        output(x, y, k, n) = p.accumulator(x, y, k, n);
+        output(x, y, k, n) = define_correlation(p, kernel, errors.dim(2).extent(), 1, Float(32));
         p.output = output;
 
         errors.set_estimates(kActivationEstimate);

@@ -21,35 +21,62 @@ const Region kActivationEstimate = {
 const Region kWeightEstimate = {
     {0, kEstimateKernel}, {0, kEstimateKernel}, {0, kEstimateChannels}, {0, kEstimateChannels}};
 
-// Operands are packed as pairs (j = 0, 1) of consecutive channels, so a 2-term integer dot
-// product (pmaddwd on x86, i16 pairs) reduces each pair; a channel past the end reads as 0.
-inline Expr channel_pair(const Expr &pair, const Expr &j) { return 2 * pair + j; }
+// Operands are packed as groups of `group` consecutive channels (see ConvPipeline); a
+// channel past the end reads as 0.
+inline Expr channel_in_group(const Expr &group_index, const Expr &j, int group) { return group * group_index + j; }
+
+// Which dot product the integer kernels use on `target`: 4-term u8 x i8 (vpdpbusd) where
+// Halide 14 emits it (the avx512_sapphirerapids feature), else 2-term i16 pairs.
+// `requested` (a generator parameter) overrides: 0 = choose by target.
+inline int dot_width(const Target &target, int requested) {
+    if (requested != 0) return requested;
+    return target.has_feature(Target::AVX512_SapphireRapids) ? 4 : 2;
+}
+
+// Packs int8 operands for an integer correlation of dot width p.group: inputs stay int8 (as
+// int16 for pairs), weights get +128 as uint8 for 4-term dot products.
+inline Expr pack_integer_input(const Expr &value, int group) {
+    return group == 4 ? cast<int8_t>(value) : cast<int16_t>(value);
+}
+inline Expr pack_integer_weight(const Expr &value, int group) {
+    return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + 128) : cast<int16_t>(value);
+}
 
 // The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline):
-// accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c2, n) * packed_weights(j, kx, ky, c2, k).
-// The packed Funcs must be defined; `kernel` and `pairs` give the reduction's extents.
-inline void define_correlation(schedules::ConvPipeline &p, const Expr &kernel, const Expr &channels, const Expr &stride,
+// accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k).
+// The packed Funcs must be defined. Returns the correlation's value at (x, y, k, n): the
+// accumulator, less the +128 weight offset's contribution for 4-term dot products.
+inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel, const Expr &channels, const Expr &stride,
                                Type accumulator_type) {
-    if (p.pairs) {
-        p.reduction = RDom({{0, 2}, {0, kernel}, {0, kernel}, {0, (channels + 1) / 2}}, "r");
-    } else {
-        p.reduction = RDom({{0, 1}, {0, kernel}, {0, kernel}, {0, channels}}, "r");
-    }
+    const int g = p.group;
+    const Expr groups = (channels + g - 1) / g;
+    p.reduction = RDom({{0, g}, {0, kernel}, {0, kernel}, {0, groups}}, "r");
     p.stride = stride;
     p.kernel = kernel;
     const RDom &r = p.reduction;
     Expr a = p.packed_input(r[0], p.x * stride + r[1], p.y * stride + r[2], r[3], p.n);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
     p.accumulator(p.x, p.y, p.k, p.n) = cast(accumulator_type, 0);
-    p.accumulator(p.x, p.y, p.k, p.n) += cast(accumulator_type, a) * cast(accumulator_type, b);
+    p.accumulator(p.x, p.y, p.k, p.n) += cast(accumulator_type, b) * cast(accumulator_type, a);
+    if (g != 4) return p.accumulator(p.x, p.y, p.k, p.n);
+    // sum (w + 128) a = sum w a + 128 sum a: subtract 128 x the window sum of the inputs.
+    RDom &over_channels = p.over_channels = RDom({{0, g}, {0, groups}}, "over_channels");
+    p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
+    p.channel_sum(p.x, p.y, p.n) += cast<int32_t>(p.packed_input(over_channels.x, p.x, p.y, over_channels.y, p.n));
+    RDom &window = p.window = RDom({{0, kernel}, {0, kernel}}, "window");
+    p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
+    p.correction(p.x, p.y, p.n) += 128 * p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
+    return p.accumulator(p.x, p.y, p.k, p.n) - p.correction(p.x, p.y, p.n);
 }
 
 // The schedule knobs every convolution generator exposes as generator parameters.
-#define LOWBIT_CONV_KNOBS                                  \
-    GeneratorParam<int> vector_width{"vector_width", 0};   \
-    GeneratorParam<int> tile_x{"tile_x", 1};               \
-    GeneratorParam<int> tile_channels{"tile_channels", 4}; \
-    GeneratorParam<int> gpu_threads{"gpu_threads", 64};    \
+#define LOWBIT_CONV_KNOBS                                                  \
+    GeneratorParam<int> vector_width{"vector_width", 0};                   \
+    GeneratorParam<int> tile_x{"tile_x", 1};                               \
+    GeneratorParam<int> tile_channels{"tile_channels", 4};                 \
+    GeneratorParam<int> gpu_threads{"gpu_threads", 64};                    \
+    /* integer dot width: 2 (int16 pairs) or 4 (u8 x i8); 0 = by target */ \
+    GeneratorParam<int> dot{"dot", 0};                                     \
     lowbit::schedules::ConvParams params() const { return {vector_width, tile_x, tile_channels, gpu_threads}; }
 
 template <class Pipeline>

@@ -1,5 +1,6 @@
 // conv_forward (method.md section 1): Y = conv(A, W), stride 1 or 2, zero padding.
-//   integer: quantized A (N,C,H,W) and W (O,C,K,K) as int8 element values; int32 sums, exact;
+//   integer: quantized A (N,C,H,W) and W (O,C,K,K) as int8 element values; int32 sums, exact
+//            (2-term int16 or 4-term u8 x i8 dot products, see conv_common.h);
 //            Y = acc * input_scale(n) * weight_scale(o), in double, rounded once to float.
 //            The scales are S 2^-e / qmax of each operand's group; the runtime splits operands
 //            whose groups vary along the reduction (runtime/conv.cpp), so here they do not.
@@ -25,15 +26,16 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c2("c2");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group("group");
+        const int g = p.group = dot_width(get_target(), dot);
         Func a = BoundaryConditions::constant_exterior(input, cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        p.packed_input(j, x, y, c2, n) = cast<int16_t>(a(x - pad, y - pad, channel_pair(c2, j), n));
-        p.packed_weights(j, x, y, c2, k) = cast<int16_t>(w(x, y, channel_pair(c2, j), k));
-        define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Int(32));
+        p.packed_input(j, x, y, group, n) =
+            pack_integer_input(a(x - pad, y - pad, channel_in_group(group, j, g), n), g);
+        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
+        Expr sum = define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Int(32));
         // strict_float: the same rounding on every target (no FMA contraction).
-        output(x, y, k, n) =
-            strict_float(cast<float>(cast<double>(p.accumulator(x, y, k, n)) * input_scale(n) * weight_scale(k)));
+        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
 
         input.set_estimates(kActivationEstimate);
@@ -62,12 +64,11 @@ public:
 
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c("c");
-        p.pairs = false;
+        p.group = 1;
         Func a = BoundaryConditions::constant_exterior(input, 0.0f);
         p.packed_input(j, x, y, c, n) = a(x - pad, y - pad, c, n);
         p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
-        define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Float(32));
-        output(x, y, k, n) = p.accumulator(x, y, k, n);
+        output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Float(32));
         p.output = output;
 
         input.set_estimates(kActivationEstimate);

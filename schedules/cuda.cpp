@@ -47,6 +47,14 @@ void schedule_conv(ConvPipeline p, const ConvParams &params) {
     p.packed_input.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
                                            TailStrategy::GuardWithIf);
     p.packed_weights.compute_root().gpu_tile(p.x, Var("b"), Var("t"), 1, TailStrategy::GuardWithIf);
+    if (p.correction.defined()) {
+        for (Func f : {p.channel_sum, p.correction}) {
+            f.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
+                                      TailStrategy::GuardWithIf);
+            f.update().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
+                                TailStrategy::GuardWithIf);
+        }
+    }
 }
 
 void schedule_conv(ConvWeightPipeline p, const ConvParams &params) {

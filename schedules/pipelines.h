@@ -51,19 +51,26 @@ struct ConvParams {
 };
 
 // conv_forward and conv_backward_data: a stride-s correlation of a padded operand with a
-// weight operand, both packed as channel pairs (j innermost) for 2-term integer dot products:
-//   accumulator(x, y, k, n) = sum_{j, kx, ky, c2} packed_input(j, x s + kx, y s + ky, c2, n)
-//                                                * packed_weights(j, kx, ky, c2, k)
-// output(x, y, k, n) scales it (integer) or is it (float; then there is no j: pairs = false).
+// weight operand, both packed as groups of `group` consecutive channels (j innermost), so that
+// a `group`-term integer dot product reduces each group in one instruction:
+//   accumulator(x, y, k, n) = sum_{j, kx, ky, c} packed_input(j, x s + kx, y s + ky, c, n)
+//                                                * packed_weights(j, kx, ky, c, k)
+//   group 1: float32 operands;  group 2: int16 pairs (pmaddwd, vpdpwssd);
+//   group 4: int8 inputs times weights offset by +128 to uint8 (vpdpbusd, which multiplies
+//            unsigned by signed bytes); the offset adds 128 * (window sum of the inputs),
+//            which `correction` computes from the per-position channel sums and subtracts.
+// output(x, y, k, n) scales the corrected sum (integer) or is it (float).
 struct ConvPipeline {
     Halide::Func packed_input{"packed_input"}, packed_weights{"packed_weights"};
     Halide::Func accumulator{"accumulator"};
+    Halide::Func channel_sum{"channel_sum"}, correction{"correction"};  // group 4 only
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
-    Halide::Var j{"j"};                          // position in a channel pair
-    Halide::RDom reduction;                      // (j, kx, ky, c2) or (kx, ky, c)
+    Halide::Var j{"j"};                          // position in a channel group
+    Halide::RDom reduction;                      // (j, kx, ky, channel group)
+    Halide::RDom over_channels, window;          // of channel_sum and correction
     Halide::Expr stride, kernel;                 // of the correlation: schedules specialize on them
-    bool pairs = true;
+    int group = 2;
 };
 
 // conv_backward_weight: per-sample integer partial sums over the output positions, packed as
@@ -79,7 +86,7 @@ struct ConvWeightPipeline {
     Halide::RDom positions;  // (j, x2, y): one sample's output positions
     Halide::RDom samples;    // n
     Halide::Expr stride;
-    bool pairs = true;
+    bool pairs = true;  // int16 pairs along x; float32 operands when false
 };
 
 }  // namespace lowbit::schedules

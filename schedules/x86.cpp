@@ -111,7 +111,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // The window (kx, ky) runs inside the channel pairs; with K = 3 it is unrolled.
     Stage update = p.accumulator.update();
     update.reorder(r[0], p.x, p.k, r[1], r[2], r[3], p.y, p.n);
-    if (p.pairs) update.atomic().vectorize(r[0]);
+    if (p.group > 1) update.atomic().vectorize(r[0]);
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k);
     // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
     // load and a deinterleave). Each specialization inherits the schedule above.
@@ -124,13 +124,28 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         }
     }
 
-    const int pair = p.pairs ? 2 : 1;
+    const int pair = p.group;
     p.packed_input.compute_root()
         .bound(p.j, 0, pair)
         .unroll(p.j)
         .vectorize(p.x, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
+
+    if (p.correction.defined()) {
+        // The +128 offset's correction: per-position channel sums, then their window sums.
+        for (Func f : {p.channel_sum, p.correction}) {
+            f.compute_root().vectorize(p.x, v, TailStrategy::GuardWithIf).parallel(p.n);
+        }
+        p.channel_sum.update()
+            .reorder(p.x, p.over_channels.x, p.over_channels.y, p.y, p.n)
+            .vectorize(p.x, v, TailStrategy::GuardWithIf)
+            .parallel(p.n);
+        p.correction.update()
+            .reorder(p.x, p.window.x, p.window.y, p.y, p.n)
+            .vectorize(p.x, v, TailStrategy::GuardWithIf)
+            .parallel(p.n);
+    }
 }
 
 // Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per

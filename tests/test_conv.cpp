@@ -9,7 +9,13 @@
 #include <cstring>
 #include <random>
 
+#include <HalideBuffer.h>
+
 #include "conv.h"
+#include "conv_backward_data_dot4_variants.h"
+#include "conv_backward_data_variants.h"
+#include "conv_forward_dot4_variants.h"
+#include "conv_forward_variants.h"
 #include "dispatch.h"
 #include "reference/conv_reference.h"
 
@@ -234,6 +240,52 @@ TEST(IntegerConv, RejectsMismatchedOperands) {
     EXPECT_THROW(conv_forward(a, w2, {1, 1}), std::invalid_argument);  // channel mismatch
     EXPECT_THROW(conv_forward(a, w, {0, 1}), std::invalid_argument);   // stride 0
     EXPECT_THROW(conv_forward(a, w, {1, 3}), std::invalid_argument);   // padding >= K
+}
+
+// The 4-term u8 x i8 algorithm of the AVX-512 VNNI variants (weights offset by +128, the
+// offset's window sums subtracted), built here for this CPU, against the 2-term int16 one:
+// identical outputs at every padding border, channel count (not only multiples of 4), kernel
+// size and stride, with the extreme values -127 and 127 in play.
+TEST(IntegerConv, FourTermDotProductsMatchPairs) {
+    using Halide::Runtime::Buffer;
+    std::mt19937 rng(77);
+    std::uniform_int_distribution<int> value(-127, 127);
+    auto random_q = [&](const Shape &shape) {
+        std::vector<int8_t> q(size_t(shape_numel(shape)));
+        for (int8_t &v : q) v = int8_t(value(rng));
+        return q;
+    };
+    auto nchw = [](auto *data, const Shape &s) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
+    };
+    for (int64_t K : {1, 3, 5}) {
+        for (int stride : {1, 2}) {
+            for (int64_t C : {3, 4, 7}) {
+                SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " C" + std::to_string(C));
+                const Shape a_shape = {2, C, 9, 8}, w_shape = {5, C, K, K};
+                const ConvGeometry g{stride, int(K / 2)};
+                const Shape y_shape = conv_output_shape(a_shape, w_shape, g);
+                std::vector<int8_t> a = random_q(a_shape), w = random_q(w_shape), e = random_q(y_shape);
+                std::vector<double> s2(2, 0.5), s5(5, 0.25), sc(size_t(C), 0.125);
+                Buffer<const double> s2b(s2.data(), 2), s5b(s5.data(), 5), scb(sc.data(), int(C));
+                Tensor y4 = Tensor::uninitialized(y_shape), y2 = Tensor::uninitialized(y_shape);
+                Buffer<float> y4b = nchw(y4.data(), y_shape), y2b = nchw(y2.data(), y_shape);
+                kernels::conv_forward_dot4(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, stride,
+                                           int(K / 2), y4b);
+                kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, stride, int(K / 2),
+                                      y2b);
+                EXPECT_EQ(0, std::memcmp(y4.data(), y2.data(), size_t(y4.numel()) * sizeof(float))) << "forward";
+                Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
+                Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
+                kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
+                                                 int(K / 2), d4b);
+                kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
+                                            int(K / 2), d2b);
+                EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
+            }
+        }
+    }
 }
 
 // float32 kernels: against the float64 reference, and their gradients against each other
