@@ -64,4 +64,15 @@ TEST(Assembly, Avx2VariantsUseYmmAndBaselineNoAvx) {
     EXPECT_TRUE(hot_loop_uses("quantize_values_baseline.s", "divpd", "xmm"));
 }
 
+TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
+    // AVX-512 VNNI: 4-term u8 x i8 dot products on zmm (forward, backward-data) and 2-term
+    // int16 ones (backward-weight); AVX2: int16 pairs.
+    EXPECT_TRUE(hot_loop_uses("conv_forward_avx512_vnni.s", "vpdpbusd", "zmm"));
+    EXPECT_TRUE(hot_loop_uses("conv_backward_data_avx512_vnni.s", "vpdpbusd", "zmm"));
+    EXPECT_TRUE(hot_loop_uses("conv_backward_weight_avx512_vnni.s", "vpdpwssd", "zmm"));
+    for (const char *pass : {"conv_forward_avx2.s", "conv_backward_data_avx2.s", "conv_backward_weight_avx2.s"}) {
+        EXPECT_TRUE(hot_loop_uses(pass, "vpmaddwd", "ymm")) << pass;
+    }
+}
+
 }  // namespace
