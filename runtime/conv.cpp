@@ -151,6 +151,36 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
     return out;
 }
 
+// A 1x1 convolution at stride s > 1 reads (forward) or writes (backward-data) only every s-th
+// pixel of the input; the kernels would pack, or multiply by, all of them. So such a pass
+// runs at stride 1 on the touched pixels, gathered before or scattered after.
+bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
+
+// (N, C, H, W) -> (N, C, OH, OW): the pixels (y s, x s).
+template <class T>
+std::vector<T> gather_strided(const T *data, const Shape &full, const Shape &compact, int stride) {
+    std::vector<T> out(size_t(shape_numel(compact)));
+    size_t k = 0;
+    for (int64_t plane = 0; plane < compact[0] * compact[1]; plane++) {
+        const T *src = data + plane * full[2] * full[3];
+        for (int64_t y = 0; y < compact[2]; y++)
+            for (int64_t x = 0; x < compact[3]; x++) out[k++] = src[(y * stride) * full[3] + x * stride];
+    }
+    return out;
+}
+
+// The inverse: compact (N, C, OH, OW) into the pixels (y s, x s) of `full`, zero elsewhere.
+void scatter_strided(const Tensor &compact, Tensor &full, int stride) {
+    std::fill(full.data(), full.data() + full.numel(), 0.0f);
+    const Shape &c = compact.shape(), &f = full.shape();
+    size_t k = 0;
+    for (int64_t plane = 0; plane < c[0] * c[1]; plane++) {
+        float *dst = full.data() + plane * f[2] * f[3];
+        for (int64_t y = 0; y < c[2]; y++)
+            for (int64_t x = 0; x < c[3]; x++) dst[(y * stride) * f[3] + x * stride] = compact[int64_t(k++)];
+    }
+}
+
 }  // namespace
 
 Shape conv_output_shape(const Shape &input, const Shape &weights, const ConvGeometry &g) {
@@ -174,10 +204,15 @@ Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeomet
     const Shape out_shape = conv_output_shape(input.shape(), weights.shape(), g);
     const Tensor a = input.contiguous(), w = weights.contiguous();
     Tensor out = Tensor::uninitialized(out_shape);
-    auto ab = nchw(a.data(), a.shape());
     auto wb = nchw(w.data(), w.shape());
     auto ob = nchw(out.data(), out_shape);
-    kernels::conv_forward_float(ab, wb, g.stride, g.pad, ob);
+    if (strided_pointwise(w.shape(), g)) {
+        const Shape compact = {out_shape[0], a.size(1), out_shape[2], out_shape[3]};
+        std::vector<float> gathered = gather_strided(a.data(), a.shape(), compact, g.stride);
+        kernels::conv_forward_float(nchw(gathered.data(), compact), wb, 1, 0, ob);
+        return out;
+    }
+    kernels::conv_forward_float(nchw(a.data(), a.shape()), wb, g.stride, g.pad, ob);
     return out;
 }
 
@@ -191,8 +226,13 @@ Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Sha
     Tensor out = Tensor::uninitialized(input_shape);
     auto eb = nchw(e.data(), e.shape());
     auto wb = nchw(w.data(), w.shape());
-    auto ob = nchw(out.data(), input_shape);
-    kernels::conv_backward_data_float(eb, wb, g.stride, g.pad, ob);
+    if (strided_pointwise(w.shape(), g)) {
+        Tensor compact = Tensor::uninitialized({input_shape[0], input_shape[1], out_shape[2], out_shape[3]});
+        kernels::conv_backward_data_float(eb, wb, 1, 0, nchw(compact.data(), compact.shape()));
+        scatter_strided(compact, out, g.stride);
+        return out;
+    }
+    kernels::conv_backward_data_float(eb, wb, g.stride, g.pad, nchw(out.data(), input_shape));
     return out;
 }
 
@@ -219,15 +259,20 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     const int64_t N = input.shape[0], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(input.shape[1] * K * K, input, weights, "conv_forward");
     // Output side: sample n of the input, output channel o (axis 0) of the weights.
-    return sum_over_pieces(split(input, {0}), split(weights, {0}), out_shape,
-                           [&](const Piece &a, const Piece &w, Tensor &out) {
-                               const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
-                               auto ab = nchw(a.values, input.shape);
-                               auto wb = nchw(w.values, weights.shape);
-                               Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
-                               auto ob = nchw(out.data(), out_shape);
-                               kernels::conv_forward(ab, wb, sab, swb, g.stride, g.pad, ob);
-                           });
+    return sum_over_pieces(
+        split(input, {0}), split(weights, {0}), out_shape, [&](const Piece &a, const Piece &w, Tensor &out) {
+            const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
+            auto wb = nchw(w.values, weights.shape);
+            Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
+            auto ob = nchw(out.data(), out_shape);
+            if (strided_pointwise(weights.shape, g)) {
+                const Shape compact = {N, input.shape[1], out_shape[2], out_shape[3]};
+                std::vector<int8_t> gathered = gather_strided(a.values, input.shape, compact, g.stride);
+                kernels::conv_forward(nchw(gathered.data(), compact), wb, sab, swb, 1, 0, ob);
+            } else {
+                kernels::conv_forward(nchw(a.values, input.shape), wb, sab, swb, g.stride, g.pad, ob);
+            }
+        });
 }
 
 Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
@@ -241,15 +286,20 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
     const int64_t N = input_shape[0], C = input_shape[1], K = weights.shape[2];
     check_no_overflow(weights.shape[0] * K * K, errors, weights, "conv_backward_data");
     // Output side: sample n of the errors; the weights' output channels are the reduction.
-    return sum_over_pieces(split(errors, {0}), split(weights, {}), input_shape,
-                           [&](const Piece &e, const Piece &w, Tensor &out) {
-                               const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
-                               auto eb = nchw(e.values, errors.shape);
-                               auto wb = nchw(w.values, weights.shape);
-                               Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
-                               auto ob = nchw(out.data(), input_shape);
-                               kernels::conv_backward_data(eb, wb, seb, swb, g.stride, g.pad, ob);
-                           });
+    return sum_over_pieces(
+        split(errors, {0}), split(weights, {}), input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
+            const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
+            auto eb = nchw(e.values, errors.shape);
+            auto wb = nchw(w.values, weights.shape);
+            Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
+            if (strided_pointwise(weights.shape, g)) {
+                Tensor compact = Tensor::uninitialized({N, C, out_shape[2], out_shape[3]});
+                kernels::conv_backward_data(eb, wb, seb, swb, 1, 0, nchw(compact.data(), compact.shape()));
+                scatter_strided(compact, out, g.stride);
+            } else {
+                kernels::conv_backward_data(eb, wb, seb, swb, g.stride, g.pad, nchw(out.data(), input_shape));
+            }
+        });
 }
 
 Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor &input, int kernel,
