@@ -17,11 +17,11 @@ using namespace lowbit::conv;
 using lowbit::schedules::ConvPipeline;
 
 // Ed(u, v) of the comment above at packed position (x, y): E dilated by `stride` and shifted
-// by K - 1 - pad, zero between samples and outside E.
+// by K - 1 - pad along each axis, zero between samples and outside E.
 template <class T>
-Expr dilated(Func e, const Expr &x, const Expr &y, const Expr &channel, const Expr &n, const Expr &kernel,
-             const Expr &stride, const Expr &pad) {
-    Expr u = x - (kernel - 1 - pad), v = y - (kernel - 1 - pad);
+Expr dilated(Func e, const Expr &x, const Expr &y, const Expr &channel, const Expr &n, const Expr &kernel_x,
+             const Expr &kernel_y, const Expr &stride, const Expr &pad_x, const Expr &pad_y) {
+    Expr u = x - (kernel_x - 1 - pad_x), v = y - (kernel_y - 1 - pad_y);
     return select(u % stride == 0 && v % stride == 0, e(u / stride, v / stride, channel, n), cast<T>(0));
 }
 
@@ -33,19 +33,24 @@ public:
     Input<Buffer<double, 1>> error_scale{"error_scale"};    // (n)
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};  // (c)
     Input<int> stride{"stride"};
-    Input<int> pad{"pad"};
+    // Per axis, and the kernel may be rectangular: the runtime runs strided layers as
+    // stride-1 phases with sub-kernels (runtime/conv.cpp).
+    Input<int> pad_x{"pad_x"};
+    Input<int> pad_y{"pad_y"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
 
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group("group");
         const int g = p.group = dot_width(get_target(), dot);
-        Expr kernel = weights.dim(0).extent();
+        Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
         const Expr o = channel_in_group(group, j, g);
-        p.packed_input(j, x, y, group, n) = pack_integer_input(dilated<int8_t>(e, x, y, o, n, kernel, stride, pad), g);
-        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(kernel - 1 - x, kernel - 1 - y, k, o), g);
-        Expr sum = define_correlation(p, kernel, errors.dim(2).extent(), 1, Int(32));
+        p.packed_input(j, x, y, group, n) =
+            pack_integer_input(dilated<int8_t>(e, x, y, o, n, kernel_x, kernel_y, stride, pad_x, pad_y), g);
+        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
+        Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Int(32));
+        p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
@@ -54,7 +59,8 @@ public:
         error_scale.set_estimates({{0, kEstimateBatch}});
         weight_scale.set_estimates({{0, kEstimateChannels}});
         stride.set_estimate(1);
-        pad.set_estimate(1);
+        pad_x.set_estimate(1);
+        pad_y.set_estimate(1);
         output.set_estimates(kActivationEstimate);
     }
 
@@ -70,23 +76,28 @@ public:
     Input<Buffer<float, 4>> errors{"errors"};    // (x, y, o, n)
     Input<Buffer<float, 4>> weights{"weights"};  // (kx, ky, c, o)
     Input<int> stride{"stride"};
-    Input<int> pad{"pad"};
+    // Per axis, and the kernel may be rectangular: the runtime runs strided layers as
+    // stride-1 phases with sub-kernels (runtime/conv.cpp).
+    Input<int> pad_x{"pad_x"};
+    Input<int> pad_y{"pad_y"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
 
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o("o");
         p.group = 1;
-        Expr kernel = weights.dim(0).extent();
+        Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
-        p.packed_input(j, x, y, o, n) = dilated<float>(e, x, y, o, n, kernel, stride, pad);
-        p.packed_weights(j, x, y, o, k) = weights(kernel - 1 - x, kernel - 1 - y, k, o);
-        output(x, y, k, n) = define_correlation(p, kernel, errors.dim(2).extent(), 1, Float(32));
+        p.packed_input(j, x, y, o, n) = dilated<float>(e, x, y, o, n, kernel_x, kernel_y, stride, pad_x, pad_y);
+        p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
+        output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Float(32));
+        p.dilation = stride;
         p.output = output;
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);
         stride.set_estimate(1);
-        pad.set_estimate(1);
+        pad_x.set_estimate(1);
+        pad_y.set_estimate(1);
         output.set_estimates(kActivationEstimate);
     }
 

@@ -42,17 +42,19 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
     return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + 128) : cast<int16_t>(value);
 }
 
-// The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline):
+// The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline), over a
+// kernel_x x kernel_y window:
 // accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k).
 // The packed Funcs must be defined. Returns the correlation's value at (x, y, k, n): the
 // accumulator, less the +128 weight offset's contribution for 4-term dot products.
-inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel, const Expr &channels, const Expr &stride,
-                               Type accumulator_type) {
+inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
+                               const Expr &channels, const Expr &stride, Type accumulator_type) {
     const int g = p.group;
     const Expr groups = (channels + g - 1) / g;
-    p.reduction = RDom({{0, g}, {0, kernel}, {0, kernel}, {0, groups}}, "r");
+    p.reduction = RDom({{0, g}, {0, kernel_x}, {0, kernel_y}, {0, groups}}, "r");
     p.stride = stride;
-    p.kernel = kernel;
+    p.kernel = kernel_x;
+    p.kernel_y = kernel_y;
     const RDom &r = p.reduction;
     Expr a = p.packed_input(r[0], p.x * stride + r[1], p.y * stride + r[2], r[3], p.n);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
@@ -63,7 +65,7 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel, c
     RDom &over_channels = p.over_channels = RDom({{0, g}, {0, groups}}, "over_channels");
     p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
     p.channel_sum(p.x, p.y, p.n) += cast<int32_t>(p.packed_input(over_channels.x, p.x, p.y, over_channels.y, p.n));
-    RDom &window = p.window = RDom({{0, kernel}, {0, kernel}}, "window");
+    RDom &window = p.window = RDom({{0, kernel_x}, {0, kernel_y}}, "window");
     p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
     p.correction(p.x, p.y, p.n) += 128 * p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
     return p.accumulator(p.x, p.y, p.k, p.n) - p.correction(p.x, p.y, p.n);

@@ -33,7 +33,8 @@ public:
         p.packed_input(j, x, y, group, n) =
             pack_integer_input(a(x - pad, y - pad, channel_in_group(group, j, g), n), g);
         p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
-        Expr sum = define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Int(32));
+        Expr sum = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(), input.dim(2).extent(),
+                                      stride, Int(32));
         // strict_float: the same rounding on every target (no FMA contraction).
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
@@ -68,7 +69,8 @@ public:
         Func a = BoundaryConditions::constant_exterior(input, 0.0f);
         p.packed_input(j, x, y, c, n) = a(x - pad, y - pad, c, n);
         p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
-        output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), input.dim(2).extent(), stride, Float(32));
+        output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(),
+                                                input.dim(2).extent(), stride, Float(32));
         p.output = output;
 
         input.set_estimates(kActivationEstimate);

@@ -1,6 +1,7 @@
 #include "conv.h"
 
 #include <HalideBuffer.h>
+#include <HalideRuntime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -151,9 +152,9 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
     return out;
 }
 
-// A 1x1 convolution at stride s > 1 reads (forward) or writes (backward-data) only every s-th
-// pixel of the input; the kernels would pack, or multiply by, all of them. So such a pass
-// runs at stride 1 on the touched pixels, gathered before or scattered after.
+// A 1x1 convolution at stride s > 1 reads only every s-th pixel of the input; the forward
+// kernel would pack all of them. So it runs at stride 1 on the touched pixels, gathered first.
+// (Backward-data gets the same effect from its phase split below.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
 // (N, C, H, W) -> (N, C, OH, OW): the pixels (y s, x s).
@@ -169,15 +170,86 @@ std::vector<T> gather_strided(const T *data, const Shape &full, const Shape &com
     return out;
 }
 
-// The inverse: compact (N, C, OH, OW) into the pixels (y s, x s) of `full`, zero elsewhere.
-void scatter_strided(const Tensor &compact, Tensor &full, int stride) {
-    std::fill(full.data(), full.data() + full.numel(), 0.0f);
-    const Shape &c = compact.shape(), &f = full.shape();
+// Backward-data at stride s > 1 runs as s x s stride-1 phases, so no multiply meets the zeros
+// of a dilated E: phase (px, py) of dA holds the pixels (s Y + py, s X + px), fed only by
+// the taps kx = kx0 + s t with kx0 = (px + p) mod s, which read E(X + (px + p) / s - t). That
+// is the stride-1 backward-data of a sub-kernel with pad (px + p) / s per axis.
+struct Phase {
+    int64_t px, py;          // phase
+    int64_t kx0, ky0;        // first tap
+    int64_t taps_x, taps_y;  // sub-kernel size (0: the phase receives nothing)
+    int64_t pad_x, pad_y;    // stride-1 padding of the sub-problem
+    int64_t width, height;   // pixels of dA in the phase
+};
+
+std::vector<Phase> phases_of(const Shape &input, int64_t K, const ConvGeometry &g) {
+    std::vector<Phase> phases;
+    const int64_t s = g.stride, p = g.pad;
+    for (int64_t py = 0; py < s; py++) {
+        for (int64_t px = 0; px < s; px++) {
+            Phase ph{px, py, (px + p) % s, (py + p) % s, 0, 0, (px + p) / s, (py + p) / s, 0, 0};
+            ph.taps_x = ph.kx0 < K ? (K - ph.kx0 + s - 1) / s : 0;
+            ph.taps_y = ph.ky0 < K ? (K - ph.ky0 + s - 1) / s : 0;
+            ph.width = (input[3] - px + s - 1) / s;
+            ph.height = (input[2] - py + s - 1) / s;
+            phases.push_back(ph);
+        }
+    }
+    return phases;
+}
+
+// The sub-kernel of a phase, (O, C, taps_y, taps_x): W(o, c, ky0 + s ty, kx0 + s tx).
+template <class T>
+std::vector<T> sub_kernel(const T *w, const Shape &w_shape, const Phase &ph, int64_t s) {
+    const int64_t K = w_shape[2];
+    std::vector<T> out(size_t(w_shape[0] * w_shape[1] * ph.taps_y * ph.taps_x));
     size_t k = 0;
-    for (int64_t plane = 0; plane < c[0] * c[1]; plane++) {
-        float *dst = full.data() + plane * f[2] * f[3];
-        for (int64_t y = 0; y < c[2]; y++)
-            for (int64_t x = 0; x < c[3]; x++) dst[(y * stride) * f[3] + x * stride] = compact[int64_t(k++)];
+    for (int64_t oc = 0; oc < w_shape[0] * w_shape[1]; oc++)
+        for (int64_t ty = 0; ty < ph.taps_y; ty++)
+            for (int64_t tx = 0; tx < ph.taps_x; tx++) out[k++] = w[(oc * K + ph.ky0 + s * ty) * K + ph.kx0 + s * tx];
+    return out;
+}
+
+// Writes a phase's result (N, C, height, width) into its pixels of dA, planes spread over
+// Halide's thread pool (the kernels' threads, so set_num_threads holds here too).
+void interleave(const Tensor &phase_out, const Phase &ph, int64_t s, Tensor &out) {
+    struct Job {
+        const Tensor *phase_out;
+        const Phase *ph;
+        int64_t s;
+        Tensor *out;
+    } job{&phase_out, &ph, s, &out};
+    auto plane_task = [](void *, int plane, uint8_t *closure) -> int {
+        const Job &j = *reinterpret_cast<const Job *>(closure);
+        const Shape &f = j.out->shape();
+        const float *src = j.phase_out->data() + int64_t(plane) * j.ph->height * j.ph->width;
+        float *dst = j.out->data() + int64_t(plane) * f[2] * f[3];
+        for (int64_t y = 0; y < j.ph->height; y++)
+            for (int64_t x = 0; x < j.ph->width; x++) dst[(j.s * y + j.ph->py) * f[3] + j.s * x + j.ph->px] = *src++;
+        return 0;
+    };
+    const Shape &f = out.shape();
+    halide_do_par_for(nullptr, plane_task, 0, int(f[0] * f[1]), reinterpret_cast<uint8_t *>(&job));
+}
+
+// Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, pad_x, pad_y,
+// stride, output)`: directly at stride 1, phase by phase otherwise.
+template <class T, class Pass>
+void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out, Pass pass) {
+    if (g.stride == 1) {
+        pass(weights, w_shape, g.pad, g.pad, out);
+        return;
+    }
+    const Shape &in = out.shape();
+    for (const Phase &ph : phases_of(in, w_shape[2], g)) {
+        Tensor part = Tensor::uninitialized({in[0], in[1], ph.height, ph.width});
+        if (ph.taps_x == 0 || ph.taps_y == 0 || part.numel() == 0) {
+            std::fill(part.data(), part.data() + part.numel(), 0.0f);
+        } else {
+            const std::vector<T> sub = sub_kernel(weights, w_shape, ph, g.stride);
+            pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y), part);
+        }
+        interleave(part, ph, g.stride, out);
     }
 }
 
@@ -225,14 +297,10 @@ Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Sha
     const Tensor e = errors.contiguous(), w = weights.contiguous();
     Tensor out = Tensor::uninitialized(input_shape);
     auto eb = nchw(e.data(), e.shape());
-    auto wb = nchw(w.data(), w.shape());
-    if (strided_pointwise(w.shape(), g)) {
-        Tensor compact = Tensor::uninitialized({input_shape[0], input_shape[1], out_shape[2], out_shape[3]});
-        kernels::conv_backward_data_float(eb, wb, 1, 0, nchw(compact.data(), compact.shape()));
-        scatter_strided(compact, out, g.stride);
-        return out;
-    }
-    kernels::conv_backward_data_float(eb, wb, g.stride, g.pad, nchw(out.data(), input_shape));
+    backward_data_by_phases(
+        w.data(), w.shape(), g, out, [&](const float *wd, const Shape &ws, int pad_x, int pad_y, Tensor &o) {
+            kernels::conv_backward_data_float(eb, nchw(wd, ws), 1, pad_x, pad_y, nchw(o.data(), o.shape()));
+        });
     return out;
 }
 
@@ -290,15 +358,12 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
         split(errors, {0}), split(weights, {}), input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
             const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
             auto eb = nchw(e.values, errors.shape);
-            auto wb = nchw(w.values, weights.shape);
             Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
-            if (strided_pointwise(weights.shape, g)) {
-                Tensor compact = Tensor::uninitialized({N, C, out_shape[2], out_shape[3]});
-                kernels::conv_backward_data(eb, wb, seb, swb, 1, 0, nchw(compact.data(), compact.shape()));
-                scatter_strided(compact, out, g.stride);
-            } else {
-                kernels::conv_backward_data(eb, wb, seb, swb, g.stride, g.pad, nchw(out.data(), input_shape));
-            }
+            backward_data_by_phases(w.values, weights.shape, g, out,
+                                    [&](const int8_t *wd, const Shape &ws, int pad_x, int pad_y, Tensor &o) {
+                                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, 1, pad_x, pad_y,
+                                                                    nchw(o.data(), o.shape()));
+                                    });
         });
 }
 

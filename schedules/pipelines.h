@@ -69,7 +69,9 @@ struct ConvPipeline {
     Halide::Var j{"j"};                          // position in a channel group
     Halide::RDom reduction;                      // (j, kx, ky, channel group)
     Halide::RDom over_channels, window;          // of channel_sum and correction
-    Halide::Expr stride, kernel;                 // of the correlation: schedules specialize on them
+    Halide::Expr stride, kernel, kernel_y;
+    Halide::Expr dilation;  // backward-data's dilation of its errors (its layer's stride), or undefined       // of the
+                            // correlation: schedules specialize on them
     int group = 2;
 };
 

@@ -116,7 +116,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
     // load and a deinterleave). Each specialization inherits the schedule above.
     if (p.stride.as<Internal::IntImm>()) {
-        update.specialize(p.kernel == 3).unroll(r[1]).unroll(r[2]);
+        update.specialize(p.kernel == 3).specialize(p.kernel_y == 3).unroll(r[1]).unroll(r[2]);
     } else {
         for (int stride : {1, 2}) {
             Stage fixed = update.specialize(p.stride == stride);
@@ -131,6 +131,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .vectorize(p.x, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
+    // Undilated errors (stride 1, as in the runtime's phase split) pack without a divide.
+    if (p.dilation.defined()) p.packed_input.specialize(p.dilation == 1);
 
     if (p.correction.defined()) {
         // The +128 offset's correction: per-position channel sums, then their window sums.

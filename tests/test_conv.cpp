@@ -279,9 +279,9 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
                 kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
-                                                 int(K / 2), d4b);
+                                                 int(K / 2), int(K / 2), d4b);
                 kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
-                                            int(K / 2), d2b);
+                                            int(K / 2), int(K / 2), d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
             }
         }

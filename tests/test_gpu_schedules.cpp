@@ -155,11 +155,11 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
             Tensor d = Tensor::uninitialized(a_shape), cpu = Tensor::uninitialized(a_shape);
             Buffer<float> db = nchw(d.data(), a_shape), cb = nchw(cpu.data(), a_shape);
             ASSERT_EQ(conv_backward_data_opencl(eb, wb, host<const double>(s3.data(), {3}),
-                                                host<const double>(s5.data(), {5}), stride, 1, db),
+                                                host<const double>(s5.data(), {5}), stride, 1, 1, db),
                       0);
             finish(db);
             kernels::conv_backward_data(eb, wb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
-                                        stride, 1, cb);
+                                        stride, 1, 1, cb);
             EXPECT_EQ(std::vector<float>(d.data(), d.data() + d.numel()),
                       std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
                 << "backward-data, stride " << stride;
@@ -193,7 +193,7 @@ TEST_F(GpuSchedules, FloatConvolutionsMatchCpu) {
     Buffer<float> yb = nchw(y.data(), y_shape), dab = nchw(da.data(), a_shape), dwb = nchw(dw.data(), w_shape);
     Buffer<const float> ab = nchw(a.data(), a_shape), wb = nchw(w.data(), w_shape), eb = nchw(e.data(), y_shape);
     ASSERT_EQ(conv_forward_float_opencl(ab, wb, 2, 1, yb), 0);
-    ASSERT_EQ(conv_backward_data_float_opencl(eb, wb, 2, 1, dab), 0);
+    ASSERT_EQ(conv_backward_data_float_opencl(eb, wb, 2, 1, 1, dab), 0);
     ASSERT_EQ(conv_backward_weight_float_opencl(eb, ab, 2, 1, dwb), 0);
     finish(yb);
     finish(dab);
