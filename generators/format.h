@@ -143,15 +143,16 @@ typename Ops::Real round_magnitude_nearest(const typename Ops::Real &a, const Fo
 }
 
 // Stochastic: hi with probability (a - lo) / (hi - lo), decided by a uniform 32-bit random
-// number r as r < p * 2^32. Unbiased up to 2^-32 in p.
+// number r as r (hi - lo) < (a - lo) 2^32. Both sides are exact in double (r < 2^32 times a
+// small integer; a - lo is exact because lo is an integer at most a), so this is exactly
+// r < p 2^32 with no division: unbiased up to 2^-32 in p.
 template <class Ops>
 typename Ops::Real round_magnitude_stochastic(const typename Ops::Real &a, const FormatRuntime<Ops> &f,
                                               const typename Ops::U32 &random) {
-    const Neighbours<Ops> n = magnitude_neighbours(a, f);
-    const typename Ops::Real gap = n.hi - n.lo;
-    // gap == 0 means a is representable: then it is returned as it is.
     using Real = typename Ops::Real;
-    const auto up = (gap > Real(0.0)) && (Ops::to_real_u32(random) < (a - n.lo) / gap * Real(4294967296.0));
+    const Neighbours<Ops> n = magnitude_neighbours(a, f);
+    // hi == lo means a is representable: then it is returned as it is.
+    const auto up = Ops::to_real_u32(random) * (n.hi - n.lo) < (a - n.lo) * Real(4294967296.0);
     return Ops::select(up, n.hi, n.lo);
 }
 
