@@ -9,11 +9,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <filesystem>
 #include <memory>
 
-#include "../data/idx.h"
 #include "commands.h"
+#include "data/augment.h"
+#include "data/dataset.h"
 #include "dispatch.h"
 #include "format.h"
 #include "npy.h"
@@ -131,16 +131,13 @@ int quantize_file(const Format &f, const Options &o) {
     return 0;
 }
 
-// Fashion-MNIST test images, normalized as for training: (pixel / 255 - mean) / std.
+// Fashion-MNIST test images, normalized by their own per-channel mean and stddev.
 Tensor fashion_mnist_batch(const std::string &dir, int batch) {
-    namespace fs = std::filesystem;
-    std::string path = dir + "/t10k-images-idx3-ubyte.gz";
-    if (!fs::exists(path)) path = dir + "/t10k-images-idx3-ubyte";
-    const IdxArray images = read_idx(path, batch);
-    if (images.shape.size() != 3) throw DataError(fmt::format("{}: expected images (N, H, W)", path));
-    Tensor x({images.shape[0], 1, images.shape[1], images.shape[2]});
-    constexpr float mean = 0.2860f, stddev = 0.3530f;
-    for (int64_t k = 0; k < x.numel(); k++) x[k] = (images.data[size_t(k)] / 255.0f - mean) / stddev;
+    const Dataset d = load_fashion_mnist(dir, /*train=*/false, batch);
+    const int64_t n = d.size();
+    Tensor x({n, d.image_shape[0], d.image_shape[1], d.image_shape[2]});
+    const float mean = channel_mean(d)[0], stddev = channel_stddev(d)[0];
+    for (int64_t k = 0; k < x.numel(); k++) x[k] = (d.images[size_t(k)] / 255.0f - mean) / stddev;
     return x;
 }
 
