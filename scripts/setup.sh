@@ -10,7 +10,7 @@ packages=(
   # Halide 14 (pulls in LLVM 14) and the AOT build's needs
   libhalide14-0-dev
   # libraries the runtime, trainer and tests use
-  libopencv-dev libcli11-dev nlohmann-json3-dev libfmt-dev libyaml-cpp-dev
+  libopencv-dev libcli11-dev nlohmann-json3-dev libfmt-dev libyaml-cpp-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # the default data set: /usr/share/datasets/fashion-mnist
   dataset-fashion-mnist
