@@ -47,9 +47,15 @@ std::optional<Isa> &forced() {
     return isa;
 }
 
-thread_local std::string last_halide_error;
+// Halide reports errors on whichever thread hits them, a pool worker included, so the message
+// is kept in one place for the calling thread to pick up.
+std::mutex halide_error_mutex;
+std::string last_halide_error;
 
-void keep_halide_error(void *, const char *message) { last_halide_error += message; }
+void keep_halide_error(void *, const char *message) {
+    std::lock_guard<std::mutex> lock(halide_error_mutex);
+    last_halide_error += message;
+}
 
 }  // namespace
 
@@ -105,6 +111,7 @@ void install_halide_handlers() {
 }
 
 std::string take_last_halide_error() {
+    std::lock_guard<std::mutex> lock(halide_error_mutex);
     std::string message = std::move(last_halide_error);
     last_halide_error.clear();
     return message.empty() ? "unknown Halide error" : message;

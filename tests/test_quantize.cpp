@@ -9,6 +9,8 @@
 #include <map>
 #include <random>
 
+#include <HalideBuffer.h>
+
 #include "dispatch.h"
 #include "quantize.h"
 #include "quantize_values_block_variants.h"
@@ -280,6 +282,34 @@ TEST(Determinism, ThreadsAndVariantsGiveIdenticalResults) {
                 }
             }
         }
+    }
+}
+
+// A Halide error inside a kernel (here an output too small for the input) becomes a
+// KernelError carrying Halide's own message, whichever thread hit it.
+TEST(Dispatch, ReportsHalideErrorsWithTheirMessage) {
+    std::vector<float> in(64, 1.0f);
+    std::vector<uint8_t> e(4, 0);
+    std::vector<int8_t> out(8, 0);
+    Halide::Runtime::Buffer<const float> ib(in.data(), {4, 4, 4});
+    Halide::Runtime::Buffer<uint8_t> eb(e.data(), {4});
+    Halide::Runtime::Buffer<int8_t> ob(out.data(), {2, 4, 1});
+    try {
+        kernels::quantize_values(ib.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, false, 0u, 0u, ob.raw_buffer());
+        // Halide computes only the output's region, so a smaller output is legal: check it ran.
+        EXPECT_TRUE(kernels::quantize_values.last_isa().has_value());
+    } catch (const KernelError &) {
+        ADD_FAILURE() << "a smaller output is a valid request";
+    }
+    Halide::Runtime::Buffer<int8_t> too_big(out.data(), {8, 1, 1});
+    Halide::Runtime::Buffer<const float> small(in.data(), {4, 1, 1});
+    try {
+        kernels::quantize_values(small.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, false, 0u, 0u,
+                                 too_big.raw_buffer());
+        FAIL() << "an input smaller than the output was accepted";
+    } catch (const KernelError &err) {
+        EXPECT_NE(std::string(err.what()).find("input"), std::string::npos) << err.what();
+        EXPECT_NE(std::string(err.what()).find("quantize_values"), std::string::npos) << err.what();
     }
 }
 
