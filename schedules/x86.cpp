@@ -20,6 +20,7 @@ Expr rows_per_task(const ElementwiseParams &params, const Expr &row_length) {
 
 // quantize_scales: memory-bound, one read of the tensor, rows spread over the threads; the
 // group and tensor maxima reduce the much smaller row results serially.
+// Measured (AVX2, 2 threads, 128x64x32x32): part of quantize's 1.4x memcpy time below.
 void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams &params, const Target &target) {
     const int v = lanes(params, target);
     Var go("go");
@@ -64,6 +65,8 @@ void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams 
 
 // quantize_values, dequantize: one pass, vectorized along the contiguous axis, rows grouped
 // into parallel tasks. Each specialization (rounding mode, E = 0) gets the same recipe.
+// Measured (AVX2, 2 threads, 128x64x32x32, scales included): nearest E = 0 1.4x the time of a
+// memcpy of the input, E > 0 2.9x, stochastic 3.4x (compute-bound); dequantize 0.5x.
 void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params, const Target &target) {
     const int v = lanes(params, target);
     Var go("go");
@@ -78,8 +81,11 @@ void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params
 
 namespace lowbit::schedules::x86 {
 
-// Convolutions as a correlation (forward, backward-data). Measured throughput: see
-// docs/PERFORMANCE.md (bench/bench_conv); not yet tuned.
+// Convolutions as a correlation (forward, backward-data).
+// Measured (AVX2 variant, 2 threads, batch 128, ResNet-20 3x3 stride-1 layers, bench_conv):
+// integer forward 19-42 G MAC/s (0.3-0.6 of the vpmaddwd peak), backward-data 28-69
+// (0.4-0.9); float32 forward 18-44 (0.2-0.5 of the FMA peak). AVX-512 VNNI: not measured
+// (no such CPU at hand).
 //   - each thread takes (output-channel tile, sample) pairs;
 //   - the output is tiled as (v * tile_x x positions) x (tile_channels channels); the
 //     accumulators of one tile live in registers for the whole reduction;
@@ -150,6 +156,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     }
 }
 
+// Measured (AVX2, 2 threads, batch 128, 3x3 stride-1 layers): integer 14-37 G MAC/s
+// (0.2-0.5 of the vpmaddwd peak), float32 14-15.
 // Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per
 // sample and kernel offset, a register tile of (tile_x vectors of output channels) x
 // (tile_channels inputs) accumulates over the output positions, pairs of x reduced by
