@@ -29,6 +29,9 @@ Expr magnitude_bits(const Expr &x) { return reinterpret<uint32_t>(x) & 0x7ffffff
 
 // Estimates for the shipped autoschedulers and for bounds: a 128x64x32x32 activation.
 constexpr int kEstimateRow = 32 * 32, kEstimateGroups = 64, kEstimateOuter = 128;
+const Region kViewEstimate = {{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}};
+const Region kGroupedExponentEstimate = {{0, kEstimateGroups}};
+const Region kBlockExponentEstimate = {{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}};  // block32
 
 template <class Gen>
 ElementwiseParams elementwise_params(const Gen &gen) {
@@ -85,9 +88,9 @@ public:
         p.group_exponent = group_exponent;
         p.tensor_scale = tensor_scale;
 
-        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        input.set_estimates(kViewEstimate);
         max_group_exponent.set_estimate(7);
-        group_exponent.set_estimates({{0, kEstimateGroups}});
+        group_exponent.set_estimates(kGroupedExponentEstimate);
     }
 
     void schedule() {
@@ -139,10 +142,10 @@ public:
         p.group_exponent = group_exponent;
         p.tensor_scale = tensor_scale;
 
-        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        input.set_estimates(kViewEstimate);
         max_group_exponent.set_estimate(7);
         block.set_estimate(32);
-        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+        group_exponent.set_estimates(kBlockExponentEstimate);
     }
 
     void schedule() {
@@ -211,9 +214,9 @@ public:
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
-        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
-        group_exponent.set_estimates({{0, kEstimateGroups}});
-        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        input.set_estimates(kViewEstimate);
+        group_exponent.set_estimates(kGroupedExponentEstimate);
+        values.set_estimates(kViewEstimate);
     }
 
     void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
@@ -238,10 +241,10 @@ public:
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
-        input.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
-        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+        input.set_estimates(kViewEstimate);
+        group_exponent.set_estimates(kBlockExponentEstimate);
         block.set_estimate(32);
-        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        values.set_estimates(kViewEstimate);
     }
 
     void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
@@ -272,9 +275,9 @@ public:
         output(i, g, o) = dequantized(values(i, g, o), tensor_scale, cast<int>(group_exponent(g)), qmax);
         p.output = output;
         p.row_length = values.dim(0).extent();
-        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
-        group_exponent.set_estimates({{0, kEstimateGroups}});
-        output.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        values.set_estimates(kViewEstimate);
+        group_exponent.set_estimates(kGroupedExponentEstimate);
+        output.set_estimates(kViewEstimate);
     }
 
     void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
@@ -298,10 +301,10 @@ public:
         output(i, c, o) = dequantized(values(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)), qmax);
         p.output = output;
         p.row_length = values.dim(0).extent();
-        values.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
-        group_exponent.set_estimates({{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}});
+        values.set_estimates(kViewEstimate);
+        group_exponent.set_estimates(kBlockExponentEstimate);
         block.set_estimate(32);
-        output.set_estimates({{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEstimateOuter}});
+        output.set_estimates(kViewEstimate);
     }
 
     void schedule() { schedule_elementwise(get_target(), p, elementwise_params(*this)); }
