@@ -19,6 +19,15 @@ struct ActShape {
     size_t at(int64_t n, int64_t c, int64_t h, int64_t w) const { return size_t(((n * C + c) * H + h) * W + w); }
 };
 
+// Calls f(i, n, c) for every element of an NCHW activation, i its flat index, in memory order.
+template <class F>
+void for_each_element(const ActShape &s, F f) {
+    size_t i = 0;
+    for (int64_t n = 0; n < s.N; n++)
+        for (int64_t c = 0; c < s.C; c++)
+            for (int64_t hw = 0; hw < s.H * s.W; hw++) f(i++, n, size_t(c));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batch norm, per channel c over the M = N H W values x[n,c,h,w]:
 //   y = gamma[c] xhat + beta[c],  xhat = (x - mean[c]) / sqrt(var[c] + eps).
@@ -38,17 +47,11 @@ inline void batch_statistics(const ActShape &s, const std::vector<double> &x, st
     const double M = double(s.N * s.H * s.W);
     mean.assign(size_t(s.C), 0.0);
     var.assign(size_t(s.C), 0.0);
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) mean[size_t(c)] += x[s.at(n, c, h, w)] / M;
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) {
-                    const double d = x[s.at(n, c, h, w)] - mean[size_t(c)];
-                    var[size_t(c)] += d * d / M;
-                }
+    for_each_element(s, [&](size_t i, int64_t, size_t c) { mean[c] += x[i] / M; });
+    for_each_element(s, [&](size_t i, int64_t, size_t c) {
+        const double d = x[i] - mean[c];
+        var[c] += d * d / M;
+    });
 }
 
 // Inference mode: y = gamma (x - mean) / sqrt(var + eps) + beta with the given (running) statistics.
@@ -58,14 +61,9 @@ inline std::vector<double> batch_norm_inference_forward(const ActShape &s, const
                                                         const std::vector<double> &mean, const std::vector<double> &var,
                                                         double eps) {
     std::vector<double> y(size_t(s.size()));
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) {
-                    const size_t i = s.at(n, c, h, w);
-                    const size_t k = size_t(c);
-                    y[i] = gamma[k] * (x[i] - mean[k]) / std::sqrt(var[k] + eps) + beta[k];
-                }
+    for_each_element(s, [&](size_t i, int64_t, size_t k) {
+        y[i] = gamma[k] * (x[i] - mean[k]) / std::sqrt(var[k] + eps) + beta[k];
+    });
     return y;
 }
 
@@ -87,17 +85,12 @@ inline BatchNormGrads batch_norm_inference_backward(const ActShape &s, const std
                                                     double eps) {
     BatchNormGrads g{std::vector<double>(size_t(s.size())), std::vector<double>(size_t(s.C), 0.0),
                      std::vector<double>(size_t(s.C), 0.0)};
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) {
-                    const size_t i = s.at(n, c, h, w);
-                    const size_t k = size_t(c);
-                    const double inv_std = 1.0 / std::sqrt(var[k] + eps);
-                    g.dbeta[k] += dy[i];
-                    g.dgamma[k] += dy[i] * (x[i] - mean[k]) * inv_std;
-                    g.dx[i] = dy[i] * gamma[k] * inv_std;
-                }
+    for_each_element(s, [&](size_t i, int64_t, size_t k) {
+        const double inv_std = 1.0 / std::sqrt(var[k] + eps);
+        g.dbeta[k] += dy[i];
+        g.dgamma[k] += dy[i] * (x[i] - mean[k]) * inv_std;
+        g.dx[i] = dy[i] * gamma[k] * inv_std;
+    });
     return g;
 }
 
@@ -111,16 +104,11 @@ inline BatchNormGrads batch_norm_train_backward(const ActShape &s, const std::ve
     batch_statistics(s, x, mean, var);
     BatchNormGrads g = batch_norm_inference_backward(s, dy, x, gamma, mean, var, eps);  // dgamma, dbeta
     const double M = double(s.N * s.H * s.W);
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) {
-                    const size_t i = s.at(n, c, h, w);
-                    const size_t k = size_t(c);
-                    const double inv_std = 1.0 / std::sqrt(var[k] + eps);
-                    const double xhat = (x[i] - mean[k]) * inv_std;
-                    g.dx[i] = gamma[k] * inv_std * (dy[i] - g.dbeta[k] / M - xhat * g.dgamma[k] / M);
-                }
+    for_each_element(s, [&](size_t i, int64_t, size_t k) {
+        const double inv_std = 1.0 / std::sqrt(var[k] + eps);
+        const double xhat = (x[i] - mean[k]) * inv_std;
+        g.dx[i] = gamma[k] * inv_std * (dy[i] - g.dbeta[k] / M - xhat * g.dgamma[k] / M);
+    });
     return g;
 }
 
@@ -213,20 +201,14 @@ inline std::vector<double> avg_pool_backward(const PoolShape &s, const std::vect
 
 inline std::vector<double> global_avg_pool_forward(const ActShape &s, const std::vector<double> &x) {
     std::vector<double> y(size_t(s.N * s.C), 0.0);
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) y[size_t(n * s.C + c)] += x[s.at(n, c, h, w)] / double(s.H * s.W);
+    for_each_element(s, [&](size_t i, int64_t n, size_t c) { y[size_t(n * s.C) + c] += x[i] / double(s.H * s.W); });
     return y;
 }
 
 // dX[n,c,h,w] = dY[n,c] / (H W)
 inline std::vector<double> global_avg_pool_backward(const ActShape &s, const std::vector<double> &dy) {
     std::vector<double> dx(size_t(s.size()));
-    for (int64_t n = 0; n < s.N; n++)
-        for (int64_t c = 0; c < s.C; c++)
-            for (int64_t h = 0; h < s.H; h++)
-                for (int64_t w = 0; w < s.W; w++) dx[s.at(n, c, h, w)] = dy[size_t(n * s.C + c)] / double(s.H * s.W);
+    for_each_element(s, [&](size_t i, int64_t n, size_t c) { dx[i] = dy[size_t(n * s.C) + c] / double(s.H * s.W); });
     return dx;
 }
 
