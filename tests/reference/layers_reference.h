@@ -16,7 +16,6 @@ namespace lowbit::reference {
 struct ActShape {
     int64_t N, C, H, W;
     int64_t size() const { return N * C * H * W; }
-    size_t at(int64_t n, int64_t c, int64_t h, int64_t w) const { return size_t(((n * C + c) * H + h) * W + w); }
 };
 
 // Calls f(i, n, c) for every element of an NCHW activation, i its flat index, in memory order.
