@@ -10,8 +10,9 @@
 # variants for the runtime's dispatcher (runtime/dispatch.h), which picks the best one the
 # CPU can run, or the one a test forces.
 #
-# VARIANTS narrows the CPU variants; TEST_ONLY builds no GPU variants (for libraries that
-# exist to test an algorithm choice on this CPU, e.g. the u8 x i8 path on AVX2).
+# VARIANTS narrows the CPU variants. CPU_ONLY builds no GPU variants (kernels without a GPU
+# schedule yet); TEST_ONLY means the same, for libraries that exist to test an algorithm
+# choice on this CPU (e.g. the u8 x i8 path on AVX2).
 #
 # Schedule knobs come from PARAMS, then from schedules/tuned/<NAME>_<variant>.params
 # (key=value lines written by autotune/), which win.
@@ -53,7 +54,7 @@ function(_lowbit_add_variant NAME VARIANT GENERATOR)
 endfunction()
 
 function(lowbit_add_kernel NAME)
-    cmake_parse_arguments(ARG "TEST_ONLY" "GENERATOR" "PARAMS;VARIANTS" ${ARGN})
+    cmake_parse_arguments(ARG "TEST_ONLY;CPU_ONLY" "GENERATOR" "PARAMS;VARIANTS" ${ARGN})
     if (NOT ARG_GENERATOR)
         set(ARG_GENERATOR ${NAME})
     endif ()
@@ -71,7 +72,7 @@ function(lowbit_add_kernel NAME)
     endforeach ()
     foreach (gpu IN ITEMS cuda opencl)
         string(TOUPPER ${gpu} option)
-        if (LOWBIT_${option} AND NOT ARG_TEST_ONLY)
+        if (LOWBIT_${option} AND NOT ARG_TEST_ONLY AND NOT ARG_CPU_ONLY)
             _lowbit_add_variant(${NAME} ${gpu} ${ARG_GENERATOR} ${ARG_PARAMS})
             target_link_libraries(${NAME} INTERFACE ${NAME}_${gpu})
         endif ()

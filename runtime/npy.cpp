@@ -14,6 +14,8 @@
 #include <limits>
 #include <string_view>
 
+#include "atomic_file.h"
+
 namespace lowbit {
 
 namespace {
@@ -291,32 +293,13 @@ std::string npy_header(const char *descr, const Shape &shape) {
     return out;
 }
 
-void write_atomically(const std::string &path, const std::string &header, const void *data, size_t bytes) {
-    const std::string tmp = path + ".tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail(path, fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
-    int err = 0;
-    auto write_all = [&](const void *p, size_t n) {
-        const char *c = static_cast<const char *>(p);
-        while (n > 0 && err == 0) {
-            const ssize_t w = ::write(fd, c, n);
-            if (w < 0) {
-                if (errno != EINTR) err = errno;
-                continue;
-            }
-            c += w;
-            n -= size_t(w);
-        }
-    };
-    write_all(header.data(), header.size());
-    write_all(data, bytes);
-    // Data on disk before the rename makes it visible under `path`.
-    if (err == 0 && ::fsync(fd) != 0) err = errno;
-    if (::close(fd) != 0 && err == 0) err = errno;
-    if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-    if (err != 0) {
-        ::unlink(tmp.c_str());
-        fail(path, fmt::format("cannot write: {}", std::strerror(err)));
+// The header and the data, atomically (see atomic_file.h), failing with an NpyError: the
+// writer's message already starts with the path.
+void write_npy_file(const std::string &path, const std::string &header, const void *data, size_t bytes) {
+    try {
+        write_file_atomically(path, {{header.data(), header.size()}, {data, bytes}});
+    } catch (const std::runtime_error &e) {
+        throw NpyError(e.what());
     }
 }
 
@@ -346,7 +329,7 @@ void write_npy(const std::string &path, const Tensor &tensor) {
     // A default-constructed Tensor has rank 0 but no element; a rank-0 file must hold one.
     if (tensor.rank() == 0 && tensor.numel() == 0) fail(path, "cannot write an empty (default-constructed) Tensor");
     const Tensor t = tensor.contiguous();
-    write_atomically(path, npy_header("<f4", t.shape()), t.data(), size_t(t.numel()) * sizeof(float));
+    write_npy_file(path, npy_header("<f4", t.shape()), t.data(), size_t(t.numel()) * sizeof(float));
 }
 
 void write_npy(const std::string &path, const Shape &shape, const int8_t *data) {
@@ -357,7 +340,7 @@ void write_npy(const std::string &path, const Shape &shape, const int8_t *data) 
         fail(path, e.what());
     }
     if (data == nullptr && count > 0) fail(path, "null data");
-    write_atomically(path, npy_header("|i1", shape), data, size_t(count));
+    write_npy_file(path, npy_header("|i1", shape), data, size_t(count));
 }
 
 }  // namespace lowbit

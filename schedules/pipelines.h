@@ -92,3 +92,21 @@ struct ConvWeightPipeline {
 };
 
 }  // namespace lowbit::schedules
+
+namespace lowbit::schedules {
+
+// batch_norm_statistics and batch_norm_backward: sums over each channel of an (i, c, n) view
+// (i = the H*W plane), in double. Each (c, n) row is summed first (rows are what the threads
+// share out), then the rows of a channel in sample order, so the result never depends on the
+// thread count. Backward then writes an element-wise output over the same view.
+struct ChannelSumsPipeline {
+    Halide::Func row_sums{"row_sums"};          // (c, n): a Tuple of sums over i
+    Halide::Func channel_sums{"channel_sums"};  // (c): a Tuple of sums over n
+    std::vector<Halide::Func> channel_outputs;  // (c) outputs computed from channel_sums
+    Halide::Func elementwise;                   // (i, c, n) output, or undefined
+    Halide::Var i{"i"}, c{"c"}, n{"n"};
+    Halide::RDom over_row, over_samples;
+    Halide::Expr row_length;
+};
+
+}  // namespace lowbit::schedules

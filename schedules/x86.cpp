@@ -77,6 +77,39 @@ void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params
     for (const Expr &condition : p.specializations) out.specialize(condition);
 }
 
+// batch_norm_statistics, batch_norm_backward: memory-bound like quantize_scales. Each (c, n)
+// row is summed by rfactor into vectors of double lanes (one lane per residue of i, then the
+// lanes in order: a fixed order, whatever the threads and the target), rows shared out among the threads;
+// the per-channel sums over samples are tiny and serial. Backward's element-wise output is
+// then scheduled like any element-wise kernel.
+void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &params, const Target &target) {
+    // The lane count fixes the order of summation: one count for every target, so every
+    // variant gives the same bits (8 doubles: two AVX2 registers, four SSE2 ones).
+    const int v = 8;
+    Var lane("lane"), task("task"), row("row"), cn("cn");
+    RVar chunk("chunk"), in_chunk("in_chunk");
+    Func lanes =
+        p.row_sums.update().split(p.over_row.x, chunk, in_chunk, v, TailStrategy::GuardWithIf).rfactor(in_chunk, lane);
+    p.row_sums.compute_root();
+    p.row_sums.update()
+        .fuse(p.c, p.n, cn)
+        .split(cn, task, row, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf)
+        .parallel(task);
+    lanes.compute_at(p.row_sums, row).vectorize(lane);
+    lanes.update().vectorize(lane);
+    p.channel_sums.compute_root();
+    for (Func f : p.channel_outputs) f.compute_root();
+    if (p.elementwise.defined()) {
+        ElementwisePipeline e;
+        e.output = p.elementwise;
+        e.i = p.i;
+        e.g = p.c;
+        e.o = p.n;
+        e.row_length = p.row_length;
+        schedule_elementwise(e, params, target);
+    }
+}
+
 }  // namespace lowbit::schedules::x86
 
 namespace lowbit::schedules::x86 {

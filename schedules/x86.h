@@ -8,6 +8,8 @@ namespace lowbit::schedules::x86 {
 
 void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams &params, const Halide::Target &target);
 void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params, const Halide::Target &target);
+// batch_norm_statistics, batch_norm_backward: per-channel sums in a fixed order.
+void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &params, const Halide::Target &target);
 
 }  // namespace lowbit::schedules::x86
 

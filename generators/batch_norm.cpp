@@ -1,0 +1,211 @@
+// Batch normalization (training statistics, forward, backward), with the ReLU and the residual
+// add that follow it in a ResNet fused in, so that each costs no extra pass over memory: these
+// layers move bytes, they hardly multiply.
+//
+// Every tensor is an (i, c, n) view of an NCHW tensor, i = the H*W plane. The runtime folds
+// the learned parameters and statistics into one scale and shift per channel:
+//   scale = gamma / sqrt(var + eps),  shift = beta - mean * scale,  y = scale * x + shift.
+// Sums run in double and in a fixed order (see ChannelSumsPipeline), and all arithmetic is
+// strict_float (no fused multiply-adds where one target has them and another not), so results
+// are the same bits for every thread count and every CPU variant: a run resumed on another
+// machine continues exactly.
+//
+// Algorithms only: the schedules live in schedules/, chosen by target.
+#include "../schedules/x86.h"
+#include "Halide.h"
+
+namespace {
+
+using namespace Halide;
+using lowbit::schedules::ChannelSumsPipeline;
+using lowbit::schedules::ElementwiseParams;
+using lowbit::schedules::ElementwisePipeline;
+
+// Estimates: the largest ResNet-20 activation at batch 128.
+const Region kViewEstimate = {{0, 32 * 32}, {0, 16}, {0, 128}};
+const Region kChannelEstimate = {{0, 16}};
+
+#define LOWBIT_ELEMENTWISE_KNOBS                                 \
+    GeneratorParam<int> vector_width{"vector_width", 0};         \
+    GeneratorParam<int> task_elements{"task_elements", 1 << 15}; \
+    GeneratorParam<int> gpu_threads{"gpu_threads", 256};
+
+template <class Gen>
+ElementwiseParams elementwise_params(const Gen &gen) {
+    ElementwiseParams p;
+    p.vector_width = gen.vector_width;
+    p.task_elements = gen.task_elements;
+    p.gpu_threads = gen.gpu_threads;
+    return p;
+}
+
+// The rows and their order of summation, shared by statistics and backward: first the
+// reduction domains (the summed terms are written over p.over_row), then the sums.
+void define_rows(ChannelSumsPipeline &p, const Expr &row_length, const Expr &samples) {
+    p.row_length = row_length;
+    p.over_row = RDom(0, row_length, "over_row");
+    p.over_samples = RDom(0, samples, "over_samples");
+}
+
+void define_sums(ChannelSumsPipeline &p, const Tuple &term) {
+    const int terms = int(term.size());
+    std::vector<Expr> zeros(terms, cast<double>(0)), row(terms), channel(terms);
+    p.row_sums(p.c, p.n) = Tuple(zeros);
+    for (int t = 0; t < terms; t++) row[t] = strict_float(p.row_sums(p.c, p.n)[t] + term[t]);
+    p.row_sums(p.c, p.n) = Tuple(row);
+    p.channel_sums(p.c) = Tuple(zeros);
+    for (int t = 0; t < terms; t++)
+        channel[t] = strict_float(p.channel_sums(p.c)[t] + p.row_sums(p.c, p.over_samples)[t]);
+    p.channel_sums(p.c) = Tuple(channel);
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-channel mean and biased variance over (i, n), as PyTorch's training-mode batch norm
+// normalizes with (the runtime keeps the unbiased one for the running estimate).
+class BatchNormStatistics : public Generator<BatchNormStatistics> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, n)
+    Output<Buffer<float, 1>> mean{"mean"};   // (c)
+    Output<Buffer<float, 1>> variance{"variance"};
+
+    void generate() {
+        define_rows(p, input.dim(0).extent(), input.dim(2).extent());
+        Expr x = cast<double>(input(p.over_row, p.c, p.n));
+        define_sums(p, Tuple(x, strict_float(x * x)));
+        Expr count = cast<double>(input.dim(0).extent()) * cast<double>(input.dim(2).extent());
+        Expr m = p.channel_sums(p.c)[0] / count;
+        mean(p.c) = cast<float>(m);
+        // E[x^2] - E[x]^2 in double: float32 inputs cannot cancel catastrophically there.
+        variance(p.c) = strict_float(cast<float>(max(p.channel_sums(p.c)[1] / count - m * m, cast<double>(0))));
+        p.channel_outputs = {mean, variance};
+        input.set_estimates(kViewEstimate);
+        mean.set_estimates(kChannelEstimate);
+        variance.set_estimates(kChannelEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_channel_sums(p, elementwise_params(*this), get_target()); }
+
+private:
+    ChannelSumsPipeline p;
+};
+
+// ---------------------------------------------------------------------------------------
+// y = scale * x + shift, then ReLU if `relu`.
+class BatchNormForward : public Generator<BatchNormForward> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    GeneratorParam<bool> relu{"relu", true};
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, n)
+    Input<Buffer<float, 1>> scale{"scale"};  // (c)
+    Input<Buffer<float, 1>> shift{"shift"};
+    Output<Buffer<float, 3>> output{"output"};
+
+    void generate() {
+        Var i = p.i, c = p.g, n = p.o;
+        Expr y = scale(c) * input(i, c, n) + shift(c);
+        y = strict_float(y);
+        output(i, c, n) = relu ? max(y, 0.0f) : y;
+        p.output = output;
+        p.row_length = input.dim(0).extent();
+        input.set_estimates(kViewEstimate);
+        scale.set_estimates(kChannelEstimate);
+        shift.set_estimates(kChannelEstimate);
+        output.set_estimates(kViewEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_elementwise(p, elementwise_params(*this), get_target()); }
+
+private:
+    ElementwisePipeline p;
+};
+
+// The end of a residual block: y = ReLU(scale * x + shift + residual).
+class BatchNormAddRelu : public Generator<BatchNormAddRelu> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, n)
+    Input<Buffer<float, 1>> scale{"scale"};  // (c)
+    Input<Buffer<float, 1>> shift{"shift"};
+    Input<Buffer<float, 3>> residual{"residual"};  // (i, c, n)
+    Output<Buffer<float, 3>> output{"output"};
+
+    void generate() {
+        Var i = p.i, c = p.g, n = p.o;
+        output(i, c, n) = max(strict_float(scale(c) * input(i, c, n) + shift(c) + residual(i, c, n)), 0.0f);
+        p.output = output;
+        p.row_length = input.dim(0).extent();
+        input.set_estimates(kViewEstimate);
+        residual.set_estimates(kViewEstimate);
+        scale.set_estimates(kChannelEstimate);
+        shift.set_estimates(kChannelEstimate);
+        output.set_estimates(kViewEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_elementwise(p, elementwise_params(*this), get_target()); }
+
+private:
+    ElementwisePipeline p;
+};
+
+// ---------------------------------------------------------------------------------------
+// Training-mode backward, with batch statistics. With g the incoming gradient (masked by the
+// ReLU when `relu`: the mask scale * x + shift > 0 is recomputed from x exactly as the forward
+// computed it, so no mask is stored) and x̂ = (x - mean) * inv_std:
+//   grad_beta = sum g,  grad_gamma = sum g x̂,
+//   grad_input = scale * (g - grad_beta / M - x̂ grad_gamma / M),  M = count over (i, n).
+class BatchNormBackward : public Generator<BatchNormBackward> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    GeneratorParam<bool> relu{"relu", true};
+    Input<Buffer<float, 3>> grad_output{"grad_output"};  // (i, c, n)
+    Input<Buffer<float, 3>> input{"input"};              // x, as the forward saw it
+    Input<Buffer<float, 1>> mean{"mean"};                // (c), the batch statistics
+    Input<Buffer<float, 1>> inv_std{"inv_std"};
+    Input<Buffer<float, 1>> scale{"scale"};  // what the forward used
+    Input<Buffer<float, 1>> shift{"shift"};
+    Output<Buffer<float, 3>> grad_input{"grad_input"};
+    Output<Buffer<float, 1>> grad_gamma{"grad_gamma"};  // (c)
+    Output<Buffer<float, 1>> grad_beta{"grad_beta"};
+
+    void generate() {
+        Var i = p.i, c = p.c, n = p.n;
+        Func g("masked_grad"), normalized("normalized");
+        Expr x = input(i, c, n);
+        g(i, c, n) = relu ? select(strict_float(scale(c) * x + shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
+                          : grad_output(i, c, n);
+        normalized(i, c, n) = strict_float((x - mean(c)) * inv_std(c));
+        define_rows(p, input.dim(0).extent(), input.dim(2).extent());
+        Expr gr = cast<double>(g(p.over_row, c, n));
+        define_sums(p, Tuple(gr, strict_float(gr * cast<double>(normalized(p.over_row, c, n)))));
+        grad_beta(c) = cast<float>(p.channel_sums(c)[0]);
+        grad_gamma(c) = cast<float>(p.channel_sums(c)[1]);
+        Expr count = cast<float>(input.dim(0).extent() * input.dim(2).extent());
+        Func mean_beta("mean_grad_beta"), mean_gamma("mean_grad_gamma");
+        mean_beta(c) = grad_beta(c) / count;
+        mean_gamma(c) = grad_gamma(c) / count;
+        grad_input(i, c, n) =
+            strict_float(scale(c) * (g(i, c, n) - mean_beta(c) - normalized(i, c, n) * mean_gamma(c)));
+        p.channel_outputs = {grad_beta, grad_gamma, mean_beta, mean_gamma};
+        p.elementwise = grad_input;
+
+        grad_output.set_estimates(kViewEstimate);
+        input.set_estimates(kViewEstimate);
+        for (auto *b : {&mean, &inv_std, &scale, &shift}) b->set_estimates(kChannelEstimate);
+        grad_input.set_estimates(kViewEstimate);
+        grad_gamma.set_estimates(kChannelEstimate);
+        grad_beta.set_estimates(kChannelEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_channel_sums(p, elementwise_params(*this), get_target()); }
+
+private:
+    ChannelSumsPipeline p;
+};
+
+}  // namespace
+
+HALIDE_REGISTER_GENERATOR(BatchNormStatistics, batch_norm_statistics)
+HALIDE_REGISTER_GENERATOR(BatchNormForward, batch_norm_forward)
+HALIDE_REGISTER_GENERATOR(BatchNormAddRelu, batch_norm_add_relu)
+HALIDE_REGISTER_GENERATOR(BatchNormBackward, batch_norm_backward)

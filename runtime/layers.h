@@ -1,0 +1,27 @@
+// The float32 layers around the convolutions that run on ahead-of-time kernels
+// (generators/batch_norm.cpp): batch normalization with its ReLU and residual add fused in.
+// Tensors are NCHW (or NC, taken as H = W = 1) and contiguous; per-channel tensors have shape
+// (C). Outputs are passed in, already shaped, so that a training step allocates nothing and
+// gradients land straight in their slot of the parameter store.
+#pragma once
+
+#include "tensor.h"
+
+namespace lowbit {
+
+// Mean and biased variance of each channel over (N, H, W), summed in double in a fixed order.
+void batch_norm_statistics(const Tensor &x, Tensor &mean, Tensor &variance);
+
+// y = scale * x + shift per channel, then ReLU when `relu`.
+void batch_norm_forward(const Tensor &x, const Tensor &scale, const Tensor &shift, bool relu, Tensor &y);
+// y = ReLU(scale * x + shift + residual): the end of a residual block.
+void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y);
+
+// Training-mode backward through y = [ReLU](scale * x + shift) with scale = gamma * inv_std and
+// shift = beta - mean * scale from the batch statistics (mean, inv_std). The ReLU mask is
+// recomputed from x, scale and shift. Writes dx, dgamma and dbeta.
+void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, const Tensor &inv_std,
+                         const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma,
+                         Tensor &dbeta);
+
+}  // namespace lowbit
