@@ -16,11 +16,15 @@ int main(int argc, char **argv) {
     app.add_option("--threads", threads, "Threads for the kernels (default: one per core)")
         ->check(CLI::NonNegativeNumber);
     const lowbit::commands::Run formats = lowbit::commands::add_formats(app);
+    const lowbit::commands::Run train = lowbit::commands::add_train(app);
+    const lowbit::commands::Run eval = lowbit::commands::add_eval(app);
     try {
         app.parse(argc, argv);
         if (!isa.empty()) lowbit::force_isa(lowbit::parse_isa(isa));
         if (threads > 0) lowbit::set_num_threads(threads);
         if (app.got_subcommand("formats")) return formats();
+        if (app.got_subcommand("train")) return train();
+        if (app.got_subcommand("eval")) return eval();
     } catch (const CLI::ParseError &e) {
         return app.exit(e);
     } catch (const std::exception &e) {

@@ -11,5 +11,8 @@ using Run = std::function<int()>;
 
 // `lowbit formats`: inspect LB formats, quantize .npy tensors, sweep formats on data.
 Run add_formats(CLI::App &app);
+// `lowbit train`: train a network, `lowbit eval`: test a checkpoint.
+Run add_train(CLI::App &app);
+Run add_eval(CLI::App &app);
 
 }  // namespace lowbit::commands

@@ -1,0 +1,402 @@
+#include "nn/modules.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "layers.h"
+#include "nn/functional.h"
+
+namespace lowbit::nn {
+
+namespace {
+
+// Tensor ids of the stochastic-rounding hash: four per layer, one per operand kind.
+uint32_t tensor_id(uint32_t layer, TensorRole role) { return layer * 4 + uint32_t(role); }
+
+void copy_into(Tensor &dst, const Tensor &src) {
+    if (dst.numel() != src.numel()) {
+        throw std::logic_error(fmt::format("gradient of shape {} into a slot of shape {}", shape_string(src.shape()),
+                                           shape_string(dst.shape())));
+    }
+    std::memcpy(dst.data(), src.data(), size_t(src.numel()) * sizeof(float));
+}
+
+// He (Kaiming) normal initialization with fan-out, as torchvision's ResNets.
+void kaiming_normal(Tensor w, int64_t fan_out, std::mt19937_64 &rng) {
+    std::normal_distribution<float> d(0.0f, float(std::sqrt(2.0 / double(fan_out))));
+    for (int64_t k = 0; k < w.numel(); k++) w[k] = d(rng);
+}
+
+}  // namespace
+
+std::string describe(const LayerPrecision &p) {
+    if (!p.low_bit) return "float32";
+    return fmt::format("A={} ({}) W={} ({}) E={} ({})", to_string(p.activations), to_string(p.activation_rounding),
+                       to_string(p.weights), to_string(p.weight_rounding), to_string(p.errors),
+                       to_string(p.error_rounding));
+}
+
+// ---------------------------------------------------------------------------------------
+Conv2d::Conv2d(int in_channels, int out_channels, int kernel, int stride, int pad, LayerPrecision precision,
+               uint32_t id)
+    : in_(in_channels), out_(out_channels), kernel_(kernel), geometry_{stride, pad}, precision_(precision), id_(id) {}
+
+void Conv2d::register_parameters(ParameterStore &store, const std::string &prefix) {
+    store_ = &store;
+    weight_ = store.add(prefix + "weight", {out_, in_, kernel_, kernel_});
+}
+
+void Conv2d::initialize(ParameterStore &store, std::mt19937_64 &rng) {
+    kaiming_normal(store.value(weight_), int64_t(out_) * kernel_ * kernel_, rng);
+}
+
+Shape Conv2d::output_shape(const Shape &input) const {
+    return conv_output_shape(input, {out_, in_, kernel_, kernel_}, geometry_);
+}
+
+int64_t Conv2d::multiply_adds(const Shape &input) const {
+    const Shape out = output_shape(input);
+    return out[1] * out[2] * out[3] * int64_t(in_) * kernel_ * kernel_;
+}
+
+Tensor Conv2d::forward(const Tensor &x, const StepContext &ctx) {
+    input_shape_ = x.shape();
+    const Tensor w = store_->value(weight_);
+    if (!precision_.low_bit) {
+        if (ctx.training) saved_input_ = x;
+        return conv_forward(x, w, geometry_);
+    }
+    const LayerPrecision &p = precision_;
+    quantize_into(saved_activations_, x, p.activations, p.activation_rounding, ctx.seed, ctx.step,
+                  tensor_id(id_, TensorRole::activation), TensorRole::activation);
+    quantize_into(saved_weights_, w, p.weights, p.weight_rounding, ctx.seed, ctx.step,
+                  tensor_id(id_, TensorRole::weight), TensorRole::weight);
+    return conv_forward(saved_activations_, saved_weights_, geometry_);
+}
+
+Tensor Conv2d::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
+    Tensor grad = store_->grad(weight_);
+    Tensor dx;
+    if (!precision_.low_bit) {
+        if (need_input_grad) dx = conv_backward_data(dy, store_->value(weight_), input_shape_, geometry_);
+        copy_into(grad, conv_backward_weight(dy, saved_input_, kernel_, geometry_));
+        saved_input_ = Tensor();
+        return dx;
+    }
+    const LayerPrecision &p = precision_;
+    quantize_into(errors_, dy, p.errors, p.error_rounding, ctx.seed, ctx.step, tensor_id(id_, TensorRole::error),
+                  TensorRole::error);
+    if (need_input_grad) dx = conv_backward_data(errors_, saved_weights_, input_shape_, geometry_);
+    copy_into(grad, conv_backward_weight(errors_, saved_activations_, kernel_, geometry_));
+    return dx;
+}
+
+// ---------------------------------------------------------------------------------------
+BatchNorm2d::BatchNorm2d(int channels, bool relu, float momentum, float eps)
+    : channels_(channels),
+      relu_(relu),
+      momentum_(momentum),
+      eps_(eps),
+      running_mean_({channels}),
+      running_var_({channels}),
+      mean_({channels}),
+      variance_({channels}),
+      inv_std_({channels}),
+      scale_({channels}),
+      shift_({channels}) {
+    for (int c = 0; c < channels; c++) running_var_[c] = 1.0f;
+}
+
+void BatchNorm2d::register_parameters(ParameterStore &store, const std::string &prefix) {
+    store_ = &store;
+    gamma_ = store.add(prefix + "gamma", {channels_}, /*decay=*/false);
+    beta_ = store.add(prefix + "beta", {channels_}, /*decay=*/false);
+}
+
+void BatchNorm2d::initialize(ParameterStore &store, std::mt19937_64 &) {
+    Tensor gamma = store.value(gamma_), beta = store.value(beta_);
+    for (int c = 0; c < channels_; c++) {
+        gamma[c] = 1.0f;
+        beta[c] = 0.0f;
+        running_mean_[c] = 0.0f;
+        running_var_[c] = 1.0f;
+    }
+}
+
+void BatchNorm2d::collect_state(StateList &out, const std::string &prefix) {
+    out.emplace_back(prefix + "running_mean", running_mean_);
+    out.emplace_back(prefix + "running_var", running_var_);
+}
+
+// scale and shift from the batch statistics (training; updating the running ones as PyTorch
+// does, with the unbiased variance) or from the running statistics (inference).
+void BatchNorm2d::fold(const StepContext &ctx, const Tensor &x) {
+    const Tensor gamma = store_->value(gamma_), beta = store_->value(beta_);
+    if (ctx.training) {
+        batch_norm_statistics(x, mean_, variance_);
+        const double count = double(x.numel() / channels_);
+        const double unbias = count > 1 ? count / (count - 1) : 1.0;
+        for (int c = 0; c < channels_; c++) {
+            running_mean_[c] = (1 - momentum_) * running_mean_[c] + momentum_ * mean_[c];
+            running_var_[c] = (1 - momentum_) * running_var_[c] + momentum_ * float(variance_[c] * unbias);
+        }
+    } else {
+        std::memcpy(mean_.data(), running_mean_.data(), sizeof(float) * size_t(channels_));
+        std::memcpy(variance_.data(), running_var_.data(), sizeof(float) * size_t(channels_));
+    }
+    for (int c = 0; c < channels_; c++) {
+        inv_std_[c] = float(1.0 / std::sqrt(double(variance_[c]) + eps_));
+        scale_[c] = gamma[c] * inv_std_[c];
+        shift_[c] = beta[c] - mean_[c] * scale_[c];
+    }
+}
+
+Tensor BatchNorm2d::forward(const Tensor &x, const StepContext &ctx) {
+    fold(ctx, x);
+    Tensor y = Tensor::uninitialized(x.shape());
+    batch_norm_forward(x, scale_, shift_, relu_, y);
+    if (ctx.training) saved_input_ = x;
+    return y;
+}
+
+Tensor BatchNorm2d::forward_add_relu(const Tensor &x, const Tensor &residual, const StepContext &ctx) {
+    fold(ctx, x);
+    Tensor y = Tensor::uninitialized(x.shape());
+    batch_norm_add_relu(x, scale_, shift_, residual, y);
+    if (ctx.training) {
+        saved_input_ = x;
+        saved_output_ = y;  // shares storage with the next block's input: no copy
+    }
+    return y;
+}
+
+Tensor BatchNorm2d::backward_masked(const Tensor &g, bool relu) {
+    if (saved_input_.numel() == 0) throw std::logic_error("BatchNorm2d: backward without a training forward");
+    Tensor dx = Tensor::uninitialized(g.shape());
+    Tensor dgamma = store_->grad(gamma_), dbeta = store_->grad(beta_);
+    batch_norm_backward(g, saved_input_, mean_, inv_std_, scale_, shift_, relu, dx, dgamma, dbeta);
+    saved_input_ = Tensor();
+    return dx;
+}
+
+Tensor BatchNorm2d::backward(const Tensor &dy, const StepContext &, bool) { return backward_masked(dy, relu_); }
+
+Tensor BatchNorm2d::backward_add_relu(const Tensor &dy, Tensor &residual_grad) {
+    residual_grad = relu_backward(dy, saved_output_);
+    saved_output_ = Tensor();
+    return backward_masked(residual_grad, false);
+}
+
+// ---------------------------------------------------------------------------------------
+Linear::Linear(int in_features, int out_features, LayerPrecision precision, uint32_t id)
+    : in_(in_features), out_(out_features), precision_(precision), id_(id) {}
+
+void Linear::register_parameters(ParameterStore &store, const std::string &prefix) {
+    store_ = &store;
+    weight_ = store.add(prefix + "weight", {out_, in_});
+    bias_ = store.add(prefix + "bias", {out_}, /*decay=*/false);
+}
+
+// PyTorch's default: uniform in +-1/sqrt(in_features), weights and bias.
+void Linear::initialize(ParameterStore &store, std::mt19937_64 &rng) {
+    std::uniform_real_distribution<float> d(-1.0f / std::sqrt(float(in_)), 1.0f / std::sqrt(float(in_)));
+    for (Tensor t : {store.value(weight_), store.value(bias_)}) {
+        for (int64_t k = 0; k < t.numel(); k++) t[k] = d(rng);
+    }
+}
+
+Tensor Linear::forward(const Tensor &x, const StepContext &ctx) {
+    input_shape_ = x.shape();
+    const int64_t n = x.size(0);
+    if (x.numel() != n * in_) {
+        throw std::invalid_argument(
+            fmt::format("Linear({}, {}): input of shape {}", in_, out_, shape_string(x.shape())));
+    }
+    const Tensor w = store_->value(weight_), b = store_->value(bias_);
+    const Tensor flat = x.contiguous().reshape({n, in_});
+    if (!precision_.low_bit) {
+        if (ctx.training) saved_input_ = flat;
+        return linear_forward(flat, w, b);
+    }
+    const LayerPrecision &p = precision_;
+    quantize_into(saved_activations_, flat.reshape({n, in_, 1, 1}), p.activations, p.activation_rounding, ctx.seed,
+                  ctx.step, tensor_id(id_, TensorRole::activation), TensorRole::activation);
+    quantize_into(saved_weights_, w.reshape({out_, in_, 1, 1}), p.weights, p.weight_rounding, ctx.seed, ctx.step,
+                  tensor_id(id_, TensorRole::weight), TensorRole::weight);
+    Tensor y = conv_forward(saved_activations_, saved_weights_, ConvGeometry{1, 0}).reshape({n, out_});
+    for (int64_t i = 0; i < n; i++)
+        for (int o = 0; o < out_; o++) y[i * out_ + o] += b[o];
+    return y;
+}
+
+Tensor Linear::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
+    Tensor dw = store_->grad(weight_), db = store_->grad(bias_);
+    const int64_t n = dy.size(0);
+    if (!precision_.low_bit) {
+        Tensor dx = linear_backward(dy, saved_input_, store_->value(weight_), dw, db, need_input_grad);
+        saved_input_ = Tensor();
+        return need_input_grad ? dx.reshape(input_shape_) : Tensor();
+    }
+    const LayerPrecision &p = precision_;
+    quantize_into(errors_, dy.reshape({n, out_, 1, 1}), p.errors, p.error_rounding, ctx.seed, ctx.step,
+                  tensor_id(id_, TensorRole::error), TensorRole::error);
+    for (int o = 0; o < out_; o++) {
+        double sum = 0;
+        for (int64_t i = 0; i < n; i++) sum += dy[i * out_ + o];
+        db[o] = float(sum);
+    }
+    copy_into(dw, conv_backward_weight(errors_, saved_activations_, 1, ConvGeometry{1, 0}));
+    if (!need_input_grad) return Tensor();
+    return conv_backward_data(errors_, saved_weights_, {n, in_, 1, 1}, ConvGeometry{1, 0}).reshape(input_shape_);
+}
+
+// ---------------------------------------------------------------------------------------
+Tensor Relu::forward(const Tensor &x, const StepContext &ctx) {
+    Tensor y = relu_forward(x);
+    if (ctx.training) saved_output_ = y;
+    return y;
+}
+
+Tensor Relu::backward(const Tensor &dy, const StepContext &, bool) {
+    Tensor dx = relu_backward(dy, saved_output_);
+    saved_output_ = Tensor();
+    return dx;
+}
+
+Shape Pool2d::output_shape(const Shape &input) const {
+    return {input[0], input[1], (input[2] - kernel_) / stride_ + 1, (input[3] - kernel_) / stride_ + 1};
+}
+
+Tensor Pool2d::forward(const Tensor &x, const StepContext &) {
+    input_shape_ = x.shape();
+    if (kind_ == PoolKind::max) return max_pool2d_forward(x, kernel_, stride_, argmax_);
+    return avg_pool2d_forward(x, kernel_, stride_);
+}
+
+Tensor Pool2d::backward(const Tensor &dy, const StepContext &, bool) {
+    if (kind_ == PoolKind::max) return max_pool2d_backward(dy, argmax_, input_shape_);
+    return avg_pool2d_backward(dy, input_shape_, kernel_, stride_);
+}
+
+Tensor GlobalAvgPool::forward(const Tensor &x, const StepContext &) {
+    input_shape_ = x.shape();
+    return global_avg_pool_forward(x);
+}
+
+Tensor GlobalAvgPool::backward(const Tensor &dy, const StepContext &, bool) {
+    return global_avg_pool_backward(dy, input_shape_);
+}
+
+// ---------------------------------------------------------------------------------------
+BasicBlock::BasicBlock(int in_channels, int out_channels, int stride, const LayerPrecision &precision,
+                       uint32_t first_id)
+    : conv1_(in_channels, out_channels, 3, stride, 1, precision, first_id),
+      conv2_(out_channels, out_channels, 3, 1, 1, precision, first_id + 1),
+      bn1_(out_channels, /*relu=*/true),
+      bn2_(out_channels, /*relu=*/false) {
+    if (stride != 1 || in_channels != out_channels) {
+        shortcut_conv_ = std::make_unique<Conv2d>(in_channels, out_channels, 1, stride, 0, precision, first_id + 2);
+        shortcut_bn_ = std::make_unique<BatchNorm2d>(out_channels, /*relu=*/false);
+    }
+}
+
+void BasicBlock::register_parameters(ParameterStore &store, const std::string &prefix) {
+    conv1_.register_parameters(store, prefix + "conv1.");
+    bn1_.register_parameters(store, prefix + "bn1.");
+    conv2_.register_parameters(store, prefix + "conv2.");
+    bn2_.register_parameters(store, prefix + "bn2.");
+    if (shortcut_conv_) {
+        shortcut_conv_->register_parameters(store, prefix + "shortcut.conv.");
+        shortcut_bn_->register_parameters(store, prefix + "shortcut.bn.");
+    }
+}
+
+void BasicBlock::initialize(ParameterStore &store, std::mt19937_64 &rng) {
+    conv1_.initialize(store, rng);
+    bn1_.initialize(store, rng);
+    conv2_.initialize(store, rng);
+    bn2_.initialize(store, rng);
+    if (shortcut_conv_) {
+        shortcut_conv_->initialize(store, rng);
+        shortcut_bn_->initialize(store, rng);
+    }
+}
+
+void BasicBlock::collect_state(StateList &out, const std::string &prefix) {
+    bn1_.collect_state(out, prefix + "bn1.");
+    bn2_.collect_state(out, prefix + "bn2.");
+    if (shortcut_bn_) shortcut_bn_->collect_state(out, prefix + "shortcut.bn.");
+}
+
+int64_t BasicBlock::multiply_adds(const Shape &input) const {
+    const Shape mid = conv1_.output_shape(input);
+    return conv1_.multiply_adds(input) + conv2_.multiply_adds(mid) +
+           (shortcut_conv_ ? shortcut_conv_->multiply_adds(input) : 0);
+}
+
+Tensor BasicBlock::forward(const Tensor &x, const StepContext &ctx) {
+    const Tensor h = bn1_.forward(conv1_.forward(x, ctx), ctx);
+    const Tensor shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x, ctx), ctx) : x;
+    return bn2_.forward_add_relu(conv2_.forward(h, ctx), shortcut, ctx);
+}
+
+Tensor BasicBlock::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
+    Tensor g;  // dL/d(shortcut output) = dL/d(bn2 output) behind the ReLU
+    const Tensor d_conv2 = bn2_.backward_add_relu(dy, g);
+    const Tensor d_h = conv2_.backward(d_conv2, ctx, true);
+    Tensor dx = conv1_.backward(bn1_.backward(d_h, ctx, true), ctx, need_input_grad);
+    if (shortcut_conv_) {
+        const Tensor d_short = shortcut_conv_->backward(shortcut_bn_->backward(g, ctx, true), ctx, need_input_grad);
+        if (need_input_grad) add_into(dx, d_short);
+    } else if (need_input_grad) {
+        add_into(dx, g);
+    }
+    return dx;
+}
+
+// ---------------------------------------------------------------------------------------
+void Sequential::register_parameters(ParameterStore &store, const std::string &prefix) {
+    for (size_t i = 0; i < modules_.size(); i++)
+        modules_[i]->register_parameters(store, fmt::format("{}{}.", prefix, i));
+}
+
+void Sequential::initialize(ParameterStore &store, std::mt19937_64 &rng) {
+    for (auto &m : modules_) m->initialize(store, rng);
+}
+
+void Sequential::collect_state(StateList &out, const std::string &prefix) {
+    for (size_t i = 0; i < modules_.size(); i++) modules_[i]->collect_state(out, fmt::format("{}{}.", prefix, i));
+}
+
+Tensor Sequential::forward(const Tensor &x, const StepContext &ctx) {
+    Tensor h = x;
+    for (auto &m : modules_) h = m->forward(h, ctx);
+    return h;
+}
+
+Tensor Sequential::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
+    Tensor g = dy;
+    for (size_t i = modules_.size(); i-- > 0;) g = modules_[i]->backward(g, ctx, i > 0 || need_input_grad);
+    return g;
+}
+
+int64_t Sequential::multiply_adds(const Shape &input) const {
+    int64_t total = 0;
+    Shape s = input;
+    for (const auto &m : modules_) {
+        total += m->multiply_adds(s);
+        s = m->output_shape(s);
+    }
+    return total;
+}
+
+Shape Sequential::output_shape(const Shape &input) const {
+    Shape s = input;
+    for (const auto &m : modules_) s = m->output_shape(s);
+    return s;
+}
+
+}  // namespace lowbit::nn
