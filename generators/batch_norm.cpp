@@ -154,6 +154,28 @@ private:
 // computed it, so no mask is stored) and x̂ = (x - mean) * inv_std:
 //   grad_beta = sum g,  grad_gamma = sum g x̂,
 //   grad_input = scale * (g - grad_beta / M - x̂ grad_gamma / M),  M = count over (i, n).
+// The sums and the element-wise gradient, given the (masked) incoming gradient g.
+template <class In, class Channel, class Out, class ChannelOut>
+void define_backward(ChannelSumsPipeline &p, const Func &g, const In &input, const Channel &mean,
+                     const Channel &inv_std, const Channel &scale, Out &grad_input, ChannelOut &grad_gamma,
+                     ChannelOut &grad_beta) {
+    Var i = p.i, c = p.c, n = p.n;
+    Func normalized("normalized");
+    normalized(i, c, n) = strict_float((input(i, c, n) - mean(c)) * inv_std(c));
+    define_rows(p, input.dim(0).extent(), input.dim(2).extent());
+    Expr gr = cast<double>(g(p.over_row, c, n));
+    define_sums(p, Tuple(gr, strict_float(gr * cast<double>(normalized(p.over_row, c, n)))));
+    grad_beta(c) = cast<float>(p.channel_sums(c)[0]);
+    grad_gamma(c) = cast<float>(p.channel_sums(c)[1]);
+    Expr count = cast<float>(input.dim(0).extent() * input.dim(2).extent());
+    Func mean_beta("mean_grad_beta"), mean_gamma("mean_grad_gamma");
+    mean_beta(c) = grad_beta(c) / count;
+    mean_gamma(c) = grad_gamma(c) / count;
+    grad_input(i, c, n) = strict_float(scale(c) * (g(i, c, n) - mean_beta(c) - normalized(i, c, n) * mean_gamma(c)));
+    p.channel_outputs = {grad_beta, grad_gamma, mean_beta, mean_gamma};
+    p.elementwise = {grad_input};
+}
+
 class BatchNormBackward : public Generator<BatchNormBackward> {
 public:
     LOWBIT_ELEMENTWISE_KNOBS
@@ -170,29 +192,53 @@ public:
 
     void generate() {
         Var i = p.i, c = p.c, n = p.n;
-        Func g("masked_grad"), normalized("normalized");
-        Expr x = input(i, c, n);
-        g(i, c, n) = relu ? select(strict_float(scale(c) * x + shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
-                          : grad_output(i, c, n);
-        normalized(i, c, n) = strict_float((x - mean(c)) * inv_std(c));
-        define_rows(p, input.dim(0).extent(), input.dim(2).extent());
-        Expr gr = cast<double>(g(p.over_row, c, n));
-        define_sums(p, Tuple(gr, strict_float(gr * cast<double>(normalized(p.over_row, c, n)))));
-        grad_beta(c) = cast<float>(p.channel_sums(c)[0]);
-        grad_gamma(c) = cast<float>(p.channel_sums(c)[1]);
-        Expr count = cast<float>(input.dim(0).extent() * input.dim(2).extent());
-        Func mean_beta("mean_grad_beta"), mean_gamma("mean_grad_gamma");
-        mean_beta(c) = grad_beta(c) / count;
-        mean_gamma(c) = grad_gamma(c) / count;
-        grad_input(i, c, n) =
-            strict_float(scale(c) * (g(i, c, n) - mean_beta(c) - normalized(i, c, n) * mean_gamma(c)));
-        p.channel_outputs = {grad_beta, grad_gamma, mean_beta, mean_gamma};
-        p.elementwise = grad_input;
-
+        Func g("masked_grad");
+        g(i, c, n) = relu
+                         ? select(strict_float(scale(c) * input(i, c, n) + shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
+                         : grad_output(i, c, n);
+        define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
         grad_output.set_estimates(kViewEstimate);
         input.set_estimates(kViewEstimate);
         for (auto *b : {&mean, &inv_std, &scale, &shift}) b->set_estimates(kChannelEstimate);
         grad_input.set_estimates(kViewEstimate);
+        grad_gamma.set_estimates(kChannelEstimate);
+        grad_beta.set_estimates(kChannelEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_channel_sums(p, elementwise_params(*this), get_target()); }
+
+private:
+    ChannelSumsPipeline p;
+};
+
+// Backward of the end of a residual block, y = ReLU(BN(x) + residual): the ReLU mask comes
+// from the forward's output y (the residual is not at hand to recompute it), and the masked
+// gradient is also the residual's gradient, written in the same pass.
+class BatchNormAddReluBackward : public Generator<BatchNormAddReluBackward> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> grad_output{"grad_output"};  // (i, c, n)
+    Input<Buffer<float, 3>> input{"input"};              // x
+    Input<Buffer<float, 3>> output{"output"};            // y of the forward
+    Input<Buffer<float, 1>> mean{"mean"};                // (c)
+    Input<Buffer<float, 1>> inv_std{"inv_std"};
+    Input<Buffer<float, 1>> scale{"scale"};
+    Output<Buffer<float, 3>> grad_input{"grad_input"};
+    Output<Buffer<float, 1>> grad_gamma{"grad_gamma"};  // (c)
+    Output<Buffer<float, 1>> grad_beta{"grad_beta"};
+    Output<Buffer<float, 3>> grad_residual{"grad_residual"};
+
+    void generate() {
+        Var i = p.i, c = p.c, n = p.n;
+        Func g("masked_grad");
+        g(i, c, n) = select(output(i, c, n) > 0.0f, grad_output(i, c, n), 0.0f);
+        define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
+        grad_residual(i, c, n) = g(i, c, n);
+        p.elementwise.push_back(grad_residual);
+        for (auto *b : {&grad_output, &input, &output}) b->set_estimates(kViewEstimate);
+        for (auto *b : {&mean, &inv_std, &scale}) b->set_estimates(kChannelEstimate);
+        grad_input.set_estimates(kViewEstimate);
+        grad_residual.set_estimates(kViewEstimate);
         grad_gamma.set_estimates(kChannelEstimate);
         grad_beta.set_estimates(kChannelEstimate);
     }
@@ -209,3 +255,4 @@ HALIDE_REGISTER_GENERATOR(BatchNormStatistics, batch_norm_statistics)
 HALIDE_REGISTER_GENERATOR(BatchNormForward, batch_norm_forward)
 HALIDE_REGISTER_GENERATOR(BatchNormAddRelu, batch_norm_add_relu)
 HALIDE_REGISTER_GENERATOR(BatchNormBackward, batch_norm_backward)
+HALIDE_REGISTER_GENERATOR(BatchNormAddReluBackward, batch_norm_add_relu_backward)

@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "batch_norm_add_relu_backward_variants.h"
 #include "batch_norm_add_relu_variants.h"
 #include "batch_norm_backward_variants.h"
 #include "batch_norm_forward_variants.h"
@@ -118,6 +119,29 @@ void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, 
     } else {
         kernels::batch_norm_backward(g, in, m, s, a, b, out, dg, db);
     }
+}
+
+void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const Tensor &y, const Tensor &mean,
+                                  const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
+                                  Tensor &dresidual) {
+    const char *what = "batch_norm_add_relu_backward";
+    const View v = activation_view(what, x);
+    require_same_shape(what, "grad_output", dy, x);
+    require_same_shape(what, "output", y, x);
+    require_same_shape(what, "grad_input", dx, x);
+    require_same_shape(what, "grad_residual", dresidual, x);
+    for (auto [name, t] : {std::pair<const char *, const Tensor *>{"mean", &mean},
+                           {"inv_std", &inv_std},
+                           {"scale", &scale},
+                           {"grad_gamma", &dgamma},
+                           {"grad_beta", &dbeta}}) {
+        require_channels(what, name, *t, v.channels);
+    }
+    auto g = view_buffer(dy, v), in = view_buffer(x, v), out = view_buffer(y, v);
+    auto m = channel_buffer(mean), s = channel_buffer(inv_std), a = channel_buffer(scale);
+    auto di = view_buffer(dx, v), dr = view_buffer(dresidual, v);
+    auto dg = channel_buffer(dgamma), db = channel_buffer(dbeta);
+    kernels::batch_norm_add_relu_backward(g, in, out, m, s, a, di, dg, db, dr);
 }
 
 }  // namespace lowbit

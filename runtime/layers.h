@@ -24,4 +24,10 @@ void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, 
                          const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma,
                          Tensor &dbeta);
 
+// Backward through y = ReLU(scale * x + shift + residual) (training mode): the ReLU mask is
+// y > 0, from the forward's output y; writes dx, dgamma, dbeta and d(residual).
+void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const Tensor &y, const Tensor &mean,
+                                  const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
+                                  Tensor &dresidual);
+
 }  // namespace lowbit

@@ -103,7 +103,7 @@ struct ChannelSumsPipeline {
     Halide::Func row_sums{"row_sums"};          // (c, n): a Tuple of sums over i
     Halide::Func channel_sums{"channel_sums"};  // (c): a Tuple of sums over n
     std::vector<Halide::Func> channel_outputs;  // (c) outputs computed from channel_sums
-    Halide::Func elementwise;                   // (i, c, n) output, or undefined
+    std::vector<Halide::Func> elementwise;      // (i, c, n) outputs, if any
     Halide::Var i{"i"}, c{"c"}, n{"n"};
     Halide::RDom over_row, over_samples;
     Halide::Expr row_length;

@@ -99,9 +99,9 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
     lanes.update().vectorize(lane);
     p.channel_sums.compute_root();
     for (Func f : p.channel_outputs) f.compute_root();
-    if (p.elementwise.defined()) {
+    for (const Func &f : p.elementwise) {
         ElementwisePipeline e;
-        e.output = p.elementwise;
+        e.output = f;
         e.i = p.i;
         e.g = p.c;
         e.o = p.n;

@@ -120,6 +120,32 @@ TEST(BatchNorm, BackwardWithAndWithoutReluMatchesFloat64) {
     }
 }
 
+TEST(BatchNorm, AddReluBackwardMatchesFloat64) {
+    std::mt19937 rng(6);
+    for (const Case &s : kCases) {
+        if (s.N * s.H * s.W == 1) continue;
+        const ref::ActShape shape{s.N, s.C, s.H, s.W};
+        Tensor x = random_tensor({s.N, s.C, s.H, s.W}, rng, 0.1f, 1.5f), residual = random_tensor(x.shape(), rng);
+        Tensor gamma = random_tensor({s.C}, rng, 1.0f, 0.5f), beta = random_tensor({s.C}, rng, 0.0f, 0.5f);
+        Tensor dy = random_tensor(x.shape(), rng);
+        Folded f = fold(x, gamma, beta);
+        Tensor y = Tensor::uninitialized(x.shape());
+        batch_norm_add_relu(x, f.scale, f.shift, residual, y);
+        // Reference: ReLU backward at the float64 sum, then the residual add and batch norm.
+        const auto fwd = ref::batch_norm_train_forward(shape, to_double(x), to_double(gamma), to_double(beta), kEps);
+        const std::vector<double> g =
+            ref::relu_backward(to_double(dy), ref::residual_add_forward(fwd.y, to_double(residual)));
+        const auto want = ref::batch_norm_train_backward(shape, g, to_double(x), to_double(gamma), kEps);
+        Tensor dx = Tensor::uninitialized(x.shape()), dres = Tensor::uninitialized(x.shape()), dgamma({s.C}),
+               dbeta({s.C});
+        batch_norm_add_relu_backward(dy, x, y, f.mean, f.inv_std, f.scale, dx, dgamma, dbeta, dres);
+        expect_close(dres, ref::residual_add_backward(g).da, 0, "dresidual");
+        expect_close(dbeta, want.dbeta, 1e-6, "dbeta");
+        expect_close(dgamma, want.dgamma, 1e-5, "dgamma");
+        expect_close(dx, want.dx, 1e-4, "dx");
+    }
+}
+
 // The ReLU mask the backward recomputes is the forward's own: where the forward output is
 // exactly 0 the gradient is 0, wherever it is positive it passes.
 TEST(BatchNorm, BackwardMaskIsTheForwardMask) {

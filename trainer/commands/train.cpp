@@ -55,7 +55,9 @@ Run add_train(CLI::App &app) {
     cmd->add_option("--seed", c.seed, "seed of initialization, shuffling, augmentation and stochastic rounding");
     cmd->add_option("--train-limit", c.train_limit, "use only the first N training images");
     cmd->add_option("--test-limit", c.test_limit, "use only the first N test images");
-    cmd->add_option("--out", c.out, "run folder: config.json, metrics.csv, checkpoint.ckpt, summary.json");
+    cmd->add_option("--out", c.out,
+                    "run folder for config.json, metrics.csv, checkpoint.ckpt, summary.json (default: a new "
+                    "runs/MODEL-PRECISION-DATE-TIME)");
     cmd->add_flag("--resume", options->resume, "continue the run in --out from its checkpoint");
     cmd->add_flag("--quiet", options->quiet, "no progress output");
     return [options, cmd, &app]() {

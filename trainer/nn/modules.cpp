@@ -185,9 +185,15 @@ Tensor BatchNorm2d::backward_masked(const Tensor &g, bool relu) {
 Tensor BatchNorm2d::backward(const Tensor &dy, const StepContext &, bool) { return backward_masked(dy, relu_); }
 
 Tensor BatchNorm2d::backward_add_relu(const Tensor &dy, Tensor &residual_grad) {
-    residual_grad = relu_backward(dy, saved_output_);
+    if (saved_output_.numel() == 0) throw std::logic_error("BatchNorm2d: backward without a training forward");
+    Tensor dx = Tensor::uninitialized(dy.shape());
+    residual_grad = Tensor::uninitialized(dy.shape());
+    Tensor dgamma = store_->grad(gamma_), dbeta = store_->grad(beta_);
+    batch_norm_add_relu_backward(dy, saved_input_, saved_output_, mean_, inv_std_, scale_, dx, dgamma, dbeta,
+                                 residual_grad);
+    saved_input_ = Tensor();
     saved_output_ = Tensor();
-    return backward_masked(residual_grad, false);
+    return dx;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -103,7 +104,6 @@ void TrainConfig::validate() const {
     if (batch < 1) throw std::invalid_argument(fmt::format("batch {}: must be at least 1", batch));
     if (!(lr >= 0)) throw std::invalid_argument(fmt::format("lr {}: must be >= 0", lr));
     if (threads < 0) throw std::invalid_argument(fmt::format("threads {}: must be >= 0", threads));
-    if (out.empty()) throw std::invalid_argument("out: the run folder must be named");
 }
 
 nn::PrecisionPolicy TrainConfig::policy() const {
@@ -119,6 +119,15 @@ nn::PrecisionPolicy TrainConfig::policy() const {
     p.body.weight_rounding = parse_rounding(w_rounding);
     p.body.error_rounding = parse_rounding(e_rounding);
     return p;
+}
+
+std::string named_run_folder(const TrainConfig &c) {
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &local);
+    return fmt::format("runs/{}-{}-{}", c.model, c.precision, stamp);
 }
 
 nlohmann::json to_json(const TrainConfig &config) {

@@ -34,12 +34,15 @@ struct TrainConfig {
     int threads = 2;
     int64_t train_limit = -1;  // use only the first N training images (-1: all)
     int64_t test_limit = -1;
-    std::string out = "runs/default";
+    std::string out;  // run folder; empty: runs/<model>-<precision>-<date>-<time> (see named_run_folder)
 
     // Throws std::invalid_argument naming the bad field (formats, roundings, ranges).
     void validate() const;
     nn::PrecisionPolicy policy() const;
 };
+
+// runs/resnet20-lowbit-20261129-031502: a new folder name for a run whose --out is not given.
+std::string named_run_folder(const TrainConfig &c);
 
 nlohmann::json to_json(const TrainConfig &c);
 // Fields absent from `j` keep their value in `c`; an unknown key or a value of the wrong type

@@ -226,6 +226,10 @@ LoadedModel load_model(const std::string &path, const Shape &image_shape, int cl
 
 TrainResult run_training(const TrainConfig &requested, bool resume, const RunOptions &run_options) {
     TrainConfig config = requested;
+    if (config.out.empty()) {
+        if (resume) throw std::invalid_argument("--resume needs the run folder (--out) to continue");
+        config.out = named_run_folder(config);
+    }
     const fs::path folder(config.out);
     const std::string checkpoint_path = (folder / kCheckpointName).string();
     Checkpoint resumed;
@@ -233,7 +237,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
         resumed = load_checkpoint(checkpoint_path);
         update_from_json(config, resumed.meta.at("config"), checkpoint_path);
         config.epochs = std::max(config.epochs, requested.epochs);
-        config.out = requested.out;
+        config.out = folder.string();
     } else if (fs::exists(folder / kCheckpointName) || fs::exists(folder / "metrics.csv")) {
         throw std::runtime_error(
             fmt::format("{}: already holds a run; pass --resume to continue it or choose another --out", config.out));
