@@ -9,7 +9,6 @@
 // Modes: float32, and the low-bit formats of docs/RESULTS.md (activations and errors grouped
 // per sample, weights per output channel; E rounded stochastically).
 #include <fmt/format.h>
-#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -118,7 +117,6 @@ int main(int argc, char **argv) {
     CLI11_PARSE(app, argc, argv);
     try {
         if (!o.one.empty()) {
-            if (getenv("LOWBIT_MMAP_THRESHOLD")) mallopt(M_MMAP_THRESHOLD, atoi(getenv("LOWBIT_MMAP_THRESHOLD")));
             const Result r = run_one(o);
             fmt::print("lowbit {} images_per_second {:.1f} peak_rss_mib {:.1f}\n", o.one, r.images_per_second,
                        r.peak_rss_mib);

@@ -120,6 +120,41 @@ TEST(NetworkGradient, LowBitGradientsFollowFloat32) {
     }
 }
 
+PrecisionPolicy four_bit() {
+    PrecisionPolicy policy;
+    policy.body.low_bit = true;
+    policy.body.activations = parse_format("m3e0/g3/sample");
+    policy.body.errors = parse_format("m3e0/g3/sample");
+    policy.body.weights = parse_format("m3e0/g3/channel");
+    return policy;
+}
+
+// Linear layers on the integer kernels (as 1x1 convolutions), and the policy that keeps the
+// first and last layers float32: the gradients still follow float32's, and differ from the
+// all-quantized network's where the policy says they should.
+TEST(NetworkGradient, QuantizedLinearAndFloatFirstLastFollowFloat32) {
+    const Shape image = {1, 16, 16};
+    const Problem p = random_problem(16, image, 3, 4);
+    Network reference("lenet5", image, 3, PrecisionPolicy::float32(), 5);
+    const std::vector<float> want = gradient_of(reference, p);
+    PrecisionPolicy linear = four_bit();
+    linear.quantize_linear = true;
+    Network quantized_linear("lenet5", image, 3, linear, 5), plain("lenet5", image, 3, four_bit(), 5);
+    const std::vector<float> with_linear = gradient_of(quantized_linear, p), without = gradient_of(plain, p);
+    EXPECT_GT(cosine(with_linear, want), 0.35);
+    EXPECT_NE(with_linear, without) << "--quantize-linear changed nothing";
+    PrecisionPolicy first_last = linear;
+    first_last.float_first_last = true;
+    Network edges("lenet5", image, 3, first_last, 5);
+    const std::vector<float> g = gradient_of(edges, p);
+    EXPECT_GT(cosine(g, want), cosine(with_linear, want) - 0.05);
+    // Which layers the policy keeps float32: the first conv and the last linear only.
+    EXPECT_FALSE(first_last.first_conv().low_bit);
+    EXPECT_FALSE(first_last.linear(true).low_bit);
+    EXPECT_TRUE(first_last.linear(false).low_bit);
+    EXPECT_TRUE(first_last.conv().low_bit);
+}
+
 TEST(Network, RejectsUnknownModelsAndSizes) {
     EXPECT_THROW(Network("resnet21", {1, 32, 32}, 10, PrecisionPolicy::float32(), 1), std::invalid_argument);
     EXPECT_THROW(Network("alexnet", {1, 32, 32}, 10, PrecisionPolicy::float32(), 1), std::invalid_argument);

@@ -107,6 +107,25 @@ TEST(Training, ResumingContinuesExactlyAsTheUninterruptedRun) {
               load_checkpoint(dir + "/parts/checkpoint.ckpt").arrays);
 }
 
+// lowbit eval's path: the checkpoint restores weights and batch-norm statistics exactly, so
+// evaluating it at the training batch size reproduces the last epoch's test figures bit for
+// bit. (At another batch size they move slightly: a tensor's scale S is its max over the
+// whole batch, so a sample's quantization depends on its batch, as method.md defines.)
+TEST(Training, EvaluatingTheCheckpointReproducesTheLastTestAccuracy) {
+    const std::string dir = fresh_dir();
+    const TrainConfig config = tiny_run(dir + "/run", 1);
+    const TrainResult r = run_training(config, false, {true});
+    const Dataset train = load_split(config.data, true, config.train_limit);
+    const Dataset test = load_split(config.data, false, config.test_limit);
+    BatchLoader loader(test, config.batch, false, false, test_augmentation(config, train), 1);
+    LoadedModel m = load_model(dir + "/run/checkpoint.ckpt", loader.image_shape(), train.classes);
+    EXPECT_EQ(to_json(m.config), to_json(config));
+    const EvalResult e = evaluate(*m.network, loader, config.seed);
+    EXPECT_EQ(e.images, config.test_limit);
+    EXPECT_EQ(e.accuracy, r.epochs.back().test_accuracy);
+    EXPECT_EQ(e.loss, r.epochs.back().test_loss);
+}
+
 TEST(Training, RefusesToOverwriteARunAndResumesOnlyARun) {
     const std::string dir = fresh_dir();
     run_training(tiny_run(dir + "/run", 1), false, {true});

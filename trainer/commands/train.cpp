@@ -88,14 +88,17 @@ Run add_train(CLI::App &app) {
 Run add_eval(CLI::App &app) {
     struct EvalOptions {
         std::string checkpoint, data;
-        int batch = 256;
+        int batch = 0;
         int64_t limit = -1;
     };
     auto options = std::make_shared<EvalOptions>();
     CLI::App *cmd = app.add_subcommand("eval", "Test accuracy of a trained checkpoint");
     cmd->add_option("--checkpoint", options->checkpoint, "checkpoint.ckpt of a run")->required();
     cmd->add_option("--data", options->data, "data set (default: the one it was trained on)");
-    cmd->add_option("--batch", options->batch, "batch size")->check(CLI::PositiveNumber);
+    cmd->add_option("--batch", options->batch,
+                    "batch size (default: the training batch; low-bit results depend on it slightly, since "
+                    "a tensor's scale is its max over the batch)")
+        ->check(CLI::PositiveNumber);
     cmd->add_option("--test-limit", options->limit, "use only the first N test images");
     return [options]() {
         // The data set decides the network's input shape and classes, so read the config first.
@@ -103,8 +106,8 @@ Run add_eval(CLI::App &app) {
         const std::string data = options->data.empty() ? trained.data : options->data;
         const Dataset train_set = train::load_split(data, true, trained.train_limit);
         const Dataset test_set = train::load_split(data, false, options->limit);
-        BatchLoader loader(test_set, options->batch, false, false, train::test_augmentation(trained, train_set),
-                           trained.seed);
+        const int batch = options->batch > 0 ? options->batch : trained.batch;
+        BatchLoader loader(test_set, batch, false, false, train::test_augmentation(trained, train_set), trained.seed);
         train::LoadedModel model = train::load_model(options->checkpoint, loader.image_shape(), train_set.classes);
         const train::EvalResult r = train::evaluate(*model.network, loader, trained.seed);
         fmt::print("{} on {} ({} images): test loss {:.4f}, accuracy {:.2f}%\n", options->checkpoint, data, r.images,
