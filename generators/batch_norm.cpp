@@ -13,10 +13,12 @@
 // Algorithms only: the schedules live in schedules/, chosen by target.
 #include "../schedules/x86.h"
 #include "Halide.h"
+#include "elementwise_knobs.h"
 
 namespace {
 
 using namespace Halide;
+using lowbit::elementwise_params;
 using lowbit::schedules::ChannelSumsPipeline;
 using lowbit::schedules::ElementwiseParams;
 using lowbit::schedules::ElementwisePipeline;
@@ -24,20 +26,6 @@ using lowbit::schedules::ElementwisePipeline;
 // Estimates: the largest ResNet-20 activation at batch 128.
 const Region kViewEstimate = {{0, 32 * 32}, {0, 16}, {0, 128}};
 const Region kChannelEstimate = {{0, 16}};
-
-#define LOWBIT_ELEMENTWISE_KNOBS                                 \
-    GeneratorParam<int> vector_width{"vector_width", 0};         \
-    GeneratorParam<int> task_elements{"task_elements", 1 << 15}; \
-    GeneratorParam<int> gpu_threads{"gpu_threads", 256};
-
-template <class Gen>
-ElementwiseParams elementwise_params(const Gen &gen) {
-    ElementwiseParams p;
-    p.vector_width = gen.vector_width;
-    p.task_elements = gen.task_elements;
-    p.gpu_threads = gen.gpu_threads;
-    return p;
-}
 
 // The rows and their order of summation, shared by statistics and backward: first the
 // reduction domains (the summed terms are written over p.over_row), then the sums.

@@ -12,12 +12,14 @@
 #include "../schedules/cuda.h"
 #include "../schedules/x86.h"
 #include "Halide.h"
+#include "elementwise_knobs.h"
 #include "format.h"
 #include "halide_ops.h"
 
 namespace {
 
 using namespace Halide;
+using lowbit::elementwise_params;
 using lowbit::HalideOps;
 using lowbit::schedules::ElementwiseParams;
 using lowbit::schedules::ElementwisePipeline;
@@ -33,15 +35,6 @@ const Region kViewEstimate = {{0, kEstimateRow}, {0, kEstimateGroups}, {0, kEsti
 const Region kGroupedExponentEstimate = {{0, kEstimateGroups}};
 const Region kBlockExponentEstimate = {{0, kEstimateRow}, {0, 2}, {0, kEstimateOuter}};  // block32
 
-template <class Gen>
-ElementwiseParams elementwise_params(const Gen &gen) {
-    ElementwiseParams p;
-    p.vector_width = gen.vector_width;
-    p.task_elements = gen.task_elements;
-    p.gpu_threads = gen.gpu_threads;
-    return p;
-}
-
 void schedule_elementwise(const Target &target, const ElementwisePipeline &p, const ElementwiseParams &params) {
     if (target.has_gpu_feature()) {
         lowbit::schedules::cuda::schedule_elementwise(p, params);
@@ -49,11 +42,6 @@ void schedule_elementwise(const Target &target, const ElementwisePipeline &p, co
         lowbit::schedules::x86::schedule_elementwise(p, params, target);
     }
 }
-
-#define LOWBIT_ELEMENTWISE_KNOBS                                 \
-    GeneratorParam<int> vector_width{"vector_width", 0};         \
-    GeneratorParam<int> task_elements{"task_elements", 1 << 15}; \
-    GeneratorParam<int> gpu_threads{"gpu_threads", 256};
 
 // ---------------------------------------------------------------------------------------
 // Tensor scale S = max|x|, group exponents e_g = min(2^G - 1, floor(log2(S / max|x_g|))).

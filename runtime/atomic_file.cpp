@@ -1,6 +1,7 @@
 #include "atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -73,6 +74,31 @@ void write_file_atomically(const std::string &path, std::initializer_list<ByteSp
 
 void write_file_atomically(const std::string &path, const std::vector<ByteSpan> &parts) {
     write_parts(path, parts.data(), parts.size());
+}
+
+std::string read_whole_file(const std::string &path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+    // One byte beyond the size fstat reports, so a regular file is read without regrowing.
+    struct stat st;
+    const bool sized = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    std::string bytes(sized ? size_t(st.st_size) + 1 : size_t(4096), '\0');
+    size_t got = 0;
+    for (;;) {
+        if (got == bytes.size()) bytes.resize(2 * bytes.size());
+        const ssize_t n = ::read(fd, &bytes[got], bytes.size() - got);
+        if (n == 0) break;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            const int err = errno;
+            ::close(fd);
+            throw std::runtime_error(path + ": cannot read: " + std::strerror(err));
+        }
+        got += size_t(n);
+    }
+    ::close(fd);
+    bytes.resize(got);
+    return bytes;
 }
 
 }  // namespace lowbit

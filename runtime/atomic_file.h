@@ -1,5 +1,5 @@
-// Whole-file writes that never leave a half-written file under the final name: a crash or a
-// failed write leaves either the old file or the new one.
+// Whole files in and out. Writes never leave a half-written file under the final name: a crash
+// or a failed write leaves either the old file or the new one.
 #pragma once
 
 #include <cstddef>
@@ -22,5 +22,9 @@ struct ByteSpan {
 void write_file_atomically(const std::string &path, std::initializer_list<ByteSpan> parts);
 // The same, for a number of parts known only at run time (one per array of a checkpoint, say).
 void write_file_atomically(const std::string &path, const std::vector<ByteSpan> &parts);
+
+// The whole contents of `path`. Throws std::runtime_error "PATH: cannot open: <OS error>" or
+// "PATH: cannot read: <OS error>"; callers re-throw it as their own error type.
+std::string read_whole_file(const std::string &path);
 
 }  // namespace lowbit

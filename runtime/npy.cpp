@@ -34,29 +34,13 @@ constexpr size_t kMaxStringLen = 64;
     throw NpyError(fmt::format("{}: {}", path, what));
 }
 
+// The file, with its read errors as NpyErrors.
 std::string read_file(const std::string &path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
-    // One byte beyond the size fstat reports, so a regular file is read without regrowing.
-    struct stat st;
-    const bool sized = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    std::string bytes(sized ? size_t(st.st_size) + 1 : size_t(4096), '\0');
-    size_t got = 0;
-    for (;;) {
-        if (got == bytes.size()) bytes.resize(2 * bytes.size());
-        const ssize_t n = ::read(fd, &bytes[got], bytes.size() - got);
-        if (n == 0) break;
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            const int err = errno;
-            ::close(fd);
-            fail(path, fmt::format("cannot read: {}", std::strerror(err)));
-        }
-        got += size_t(n);
+    try {
+        return read_whole_file(path);
+    } catch (const std::runtime_error &e) {
+        throw NpyError(e.what());
     }
-    ::close(fd);
-    bytes.resize(got);
-    return bytes;
 }
 
 struct Header {

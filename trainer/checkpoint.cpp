@@ -74,29 +74,13 @@ uint64_t data_start_for(uint64_t header_length) {
     return (end + kAlignment - 1) / kAlignment * kAlignment;
 }
 
+// The file, with its read errors as CheckpointErrors.
 std::string read_file(const std::string &path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
-    // One byte beyond the size fstat reports, so a regular file is read without regrowing.
-    struct stat st;
-    const bool sized = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    std::string bytes(sized ? size_t(st.st_size) + 1 : size_t(4096), '\0');
-    size_t got = 0;
-    for (;;) {
-        if (got == bytes.size()) bytes.resize(2 * bytes.size());
-        const ssize_t n = ::read(fd, &bytes[got], bytes.size() - got);
-        if (n == 0) break;
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            const int err = errno;
-            ::close(fd);
-            fail(path, std::string("cannot read: ") + std::strerror(err));
-        }
-        got += size_t(n);
+    try {
+        return read_whole_file(path);
+    } catch (const std::runtime_error &e) {
+        throw CheckpointError(e.what());
     }
-    ::close(fd);
-    bytes.resize(got);
-    return bytes;
 }
 
 struct ArrayEntry {
