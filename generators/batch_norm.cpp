@@ -14,11 +14,13 @@
 #include "../schedules/x86.h"
 #include "Halide.h"
 #include "elementwise_knobs.h"
+#include "quantize_values.h"
 
 namespace {
 
 using namespace Halide;
 using lowbit::elementwise_params;
+using namespace lowbit::quantize_generators;
 using lowbit::schedules::ChannelSumsPipeline;
 using lowbit::schedules::ElementwiseParams;
 using lowbit::schedules::ElementwisePipeline;
@@ -38,6 +40,7 @@ void define_rows(ChannelSumsPipeline &p, const Expr &row_length, const Expr &sam
 void define_sums(ChannelSumsPipeline &p, const Tuple &term) {
     const int terms = int(term.size());
     std::vector<Expr> zeros(terms, cast<double>(0)), row(terms), channel(terms);
+    p.channel_sums = Func("channel_sums");
     p.row_sums(p.c, p.n) = Tuple(zeros);
     for (int t = 0; t < terms; t++) row[t] = strict_float(p.row_sums(p.c, p.n)[t] + term[t]);
     p.row_sums(p.c, p.n) = Tuple(row);
@@ -237,6 +240,80 @@ private:
     ChannelSumsPipeline p;
 };
 
+// ---------------------------------------------------------------------------------------
+// Batch norm + ReLU + quantization of the next convolution's input, without ever writing the
+// float32 output: two reads of x instead of a write and two reads of y. Inside a residual
+// block nothing else needs y (the backward recomputes the ReLU mask from x), so y never exists.
+// The values are bit for bit those of quantize(ReLU(scale * x + shift)): the same expression
+// for y, the same scales, the same quantized_value and element index.
+
+// y = ReLU(scale * x + shift) exactly as BatchNormForward computes it.
+Expr batch_norm_relu(const Expr &x, const Expr &scale, const Expr &shift) {
+    return max(strict_float(scale * x + shift), 0.0f);
+}
+
+// First pass: the max-abs bits of y over each (c, n) row; the runtime turns them into the
+// group maxima of whatever group axis the format has (none, sample, channel), the tensor
+// scale and the group exponents, exactly as quantize_scales would (format.h, ScalarOps).
+class BatchNormReluRowMax : public Generator<BatchNormReluRowMax> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, n)
+    Input<Buffer<float, 1>> scale{"scale"};  // (c)
+    Input<Buffer<float, 1>> shift{"shift"};
+    Output<Buffer<uint32_t, 2>> row_max{"row_max"};  // (c, n): bits of max |y|; >= 0x7f800000 for Inf/NaN
+
+    void generate() {
+        define_rows(p, input.dim(0).extent(), input.dim(2).extent());
+        Expr y = batch_norm_relu(input(p.over_row, p.c, p.n), scale(p.c), shift(p.c));
+        row_max(p.c, p.n) = cast<uint32_t>(0);
+        row_max(p.c, p.n) = max(row_max(p.c, p.n), reinterpret<uint32_t>(y) & 0x7fffffff);
+        p.row_sums = row_max;
+        input.set_estimates(kViewEstimate);
+        scale.set_estimates(kChannelEstimate);
+        shift.set_estimates(kChannelEstimate);
+        row_max.set_estimates({{0, 16}, {0, 128}});
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_channel_sums(p, elementwise_params(*this), get_target()); }
+
+private:
+    ChannelSumsPipeline p;
+};
+
+// Second pass: q of every element, with the group exponent of its (c, n) given by the runtime.
+class BatchNormReluQuantize : public Generator<BatchNormReluQuantize> {
+public:
+    LOWBIT_ELEMENTWISE_KNOBS
+    Input<Buffer<float, 3>> input{"input"};  // (i, c, n)
+    Input<Buffer<float, 1>> scale{"scale"};  // (c)
+    Input<Buffer<float, 1>> shift{"shift"};
+    Input<Buffer<uint8_t, 2>> group_exponent{"group_exponent"};  // (c, n)
+    LOWBIT_QUANTIZE_VALUE_INPUTS
+
+    void generate() {
+        Var i = p.i, c = p.g, n = p.o;
+        Expr y = batch_norm_relu(input(i, c, n), scale(c), shift(c));
+        Expr index = element_index(i, c, n, input.dim(0).extent(), input.dim(1).extent());
+        values(i, c, n) =
+            quantized_value(y, tensor_scale, cast<int>(group_exponent(c, n)),
+                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
+        p.output = values;
+        p.row_length = input.dim(0).extent();
+        p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
+        input.set_estimates(kViewEstimate);
+        scale.set_estimates(kChannelEstimate);
+        shift.set_estimates(kChannelEstimate);
+        group_exponent.set_estimates({{0, 16}, {0, 128}});
+        values.set_estimates(kViewEstimate);
+    }
+
+    void schedule() { lowbit::schedules::x86::schedule_elementwise(p, elementwise_params(*this), get_target()); }
+
+private:
+    ElementwisePipeline p;
+};
+
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(BatchNormStatistics, batch_norm_statistics)
@@ -244,3 +321,5 @@ HALIDE_REGISTER_GENERATOR(BatchNormForward, batch_norm_forward)
 HALIDE_REGISTER_GENERATOR(BatchNormAddRelu, batch_norm_add_relu)
 HALIDE_REGISTER_GENERATOR(BatchNormBackward, batch_norm_backward)
 HALIDE_REGISTER_GENERATOR(BatchNormAddReluBackward, batch_norm_add_relu_backward)
+HALIDE_REGISTER_GENERATOR(BatchNormReluRowMax, batch_norm_relu_row_max)
+HALIDE_REGISTER_GENERATOR(BatchNormReluQuantize, batch_norm_relu_quantize)

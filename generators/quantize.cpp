@@ -15,12 +15,14 @@
 #include "elementwise_knobs.h"
 #include "format.h"
 #include "halide_ops.h"
+#include "quantize_values.h"
 
 namespace {
 
 using namespace Halide;
 using lowbit::elementwise_params;
 using lowbit::HalideOps;
+using namespace lowbit::quantize_generators;
 using lowbit::schedules::ElementwiseParams;
 using lowbit::schedules::ElementwisePipeline;
 using lowbit::schedules::QuantizeScalesPipeline;
@@ -149,43 +151,7 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------
-// Element values q, by nearest or stochastic rounding to the format's representable set.
-// The format arrives as runtime values (no library per format); the runtime checks it.
-struct FormatInputs {
-    Expr mantissa_max, exponent_steps, shift, qmax;
-};
-
-Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr &group_exponent, const FormatInputs &f,
-                     const Expr &stochastic, const Expr &index, const Expr &key0, const Expr &key1) {
-    const lowbit::FormatRuntime<HalideOps> format{f.mantissa_max, f.exponent_steps, f.shift};
-    Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
-    Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale);
-    Expr a = abs(u);
-    Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
-    Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
-    Expr stochastic_value = lowbit::round_magnitude_stochastic<HalideOps>(a, format, random);
-    Expr magnitude = cast<int>(select(stochastic, stochastic_value, nearest));
-    // IEEE semantics throughout: the result must not depend on the target's FMA or
-    // reassociation, so that every compiled variant gives identical values.
-    return strict_float(
-        select(tensor_scale == 0.0f, cast<int8_t>(0), cast<int8_t>(select(u < Expr(0.0), -magnitude, magnitude))));
-}
-
-Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &extent_i, const Expr &extent_g) {
-    return cast<uint32_t>(i) +
-           cast<uint32_t>(extent_i) * (cast<uint32_t>(g) + cast<uint32_t>(extent_g) * cast<uint32_t>(o));
-}
-
-#define LOWBIT_QUANTIZE_VALUE_INPUTS             \
-    Input<float> tensor_scale{"tensor_scale"};   \
-    Input<int> mantissa_max{"mantissa_max"};     \
-    Input<int> exponent_steps{"exponent_steps"}; \
-    Input<int> shift{"shift"};                   \
-    Input<int> qmax{"qmax"};                     \
-    Input<bool> stochastic{"stochastic"};        \
-    Input<uint32_t> key0{"key0"};                \
-    Input<uint32_t> key1{"key1"};                \
-    Output<Buffer<int8_t, 3>> values{"values"};
+// Element values q (quantized_value, in quantize_values.h).
 
 class QuantizeValues : public Generator<QuantizeValues> {
 public:
@@ -197,8 +163,9 @@ public:
     void generate() {
         Var i = p.i, g = p.g, o = p.o;
         Expr index = element_index(i, g, o, input.dim(0).extent(), input.dim(1).extent());
-        values(i, g, o) = quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
-                                          {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
+        values(i, g, o) =
+            quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
+                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
@@ -224,8 +191,9 @@ public:
     void generate() {
         Var i = p.i, c = p.g, o = p.o;
         Expr index = element_index(i, c, o, input.dim(0).extent(), input.dim(1).extent());
-        values(i, c, o) = quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
-                                          {mantissa_max, exponent_steps, shift, qmax}, stochastic, index, key0, key1);
+        values(i, c, o) =
+            quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
+                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};

@@ -3,6 +3,7 @@
 #include <HalideBuffer.h>
 #include <fmt/format.h>
 
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
@@ -12,6 +13,8 @@
 #include "batch_norm_forward_variants.h"
 #include "batch_norm_relu_backward_variants.h"
 #include "batch_norm_relu_forward_variants.h"
+#include "batch_norm_relu_quantize_variants.h"
+#include "batch_norm_relu_row_max_variants.h"
 #include "batch_norm_statistics_variants.h"
 
 namespace lowbit {
@@ -94,6 +97,76 @@ void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shi
     auto in = view_buffer(x, v), res = view_buffer(residual, v), out = view_buffer(y, v);
     auto a = channel_buffer(scale), b = channel_buffer(shift);
     kernels::batch_norm_add_relu(in, a, b, res, out);
+}
+
+bool fused_quantize_supports(const Format &format) { return format.axis != GroupAxis::block; }
+
+void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Tensor &scale, const Tensor &shift,
+                                   const Format &format, Rounding rounding, uint64_t seed, uint64_t step,
+                                   uint32_t tensor_id) {
+    const char *what = "batch_norm_relu_quantize";
+    validate(format);
+    if (!format.fits_int8() || !fused_quantize_supports(format)) {
+        throw std::invalid_argument(
+            fmt::format("{}: format {} not supported (int8, no block groups)", what, to_string(format)));
+    }
+    const View v = activation_view(what, x);
+    require_channels(what, "scale", scale, v.channels);
+    require_channels(what, "shift", shift, v.channels);
+    const int max_e = format.max_group_exponent();
+    q.format = format;
+    q.role = TensorRole::activation;
+    q.shape = x.shape();
+    q.view = group_view(x.shape(), format, TensorRole::activation);
+    q.values.resize(size_t(x.numel()));
+    q.group_exponents.assign(size_t(q.view.group_count()), uint8_t(max_e));
+    q.scale = 0.0f;
+    if (x.numel() == 0) return;
+
+    auto in = view_buffer(x, v);
+    auto a = channel_buffer(scale), b = channel_buffer(shift);
+    std::vector<uint32_t> rows(size_t(v.channels) * size_t(v.samples));
+    Buffer<uint32_t> row_max(rows.data(), {v.channels, v.samples});
+    kernels::batch_norm_relu_row_max(in, a, b, row_max);
+
+    // The group maxima of the format's axis from the (c, n) row maxima; max-abs bits order like
+    // the magnitudes, as in quantize_scales.
+    auto group_of = [&](int n, int c) {
+        return format.axis == GroupAxis::sample ? size_t(n) : format.axis == GroupAxis::channel ? size_t(c) : 0;
+    };
+    std::vector<uint32_t> group_bits(q.group_exponents.size(), 0);
+    uint32_t tensor_bits = 0;
+    for (int n = 0; n < v.samples; n++) {
+        for (int c = 0; c < v.channels; c++) {
+            const uint32_t r = rows[size_t(n) * size_t(v.channels) + size_t(c)];
+            group_bits[group_of(n, c)] = std::max(group_bits[group_of(n, c)], r);
+            tensor_bits = std::max(tensor_bits, r);
+        }
+    }
+    if (tensor_bits >= 0x7f800000u)
+        throw std::invalid_argument(
+            fmt::format("{}: the batch-norm output of shape {} holds NaN or Inf", what, shape_string(x.shape())));
+    auto as_float = [](uint32_t bits) {
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        return f;
+    };
+    q.scale = as_float(tensor_bits);
+    for (size_t g = 0; g < group_bits.size(); g++) {
+        q.group_exponents[g] = uint8_t(group_exponent(q.scale, as_float(group_bits[g]), max_e));
+    }
+    std::vector<uint8_t> exponents(rows.size());
+    for (int n = 0; n < v.samples; n++) {
+        for (int c = 0; c < v.channels; c++) {
+            exponents[size_t(n) * size_t(v.channels) + size_t(c)] = q.group_exponents[group_of(n, c)];
+        }
+    }
+    Buffer<uint8_t> exponent_grid(exponents.data(), {v.channels, v.samples});
+    Buffer<int8_t> values(q.values.data(), {v.plane, v.channels, v.samples});
+    const RandomKey key = random_key(seed, step, tensor_id);
+    kernels::batch_norm_relu_quantize(in, a, b, exponent_grid, q.scale, int(format.mantissa_max()),
+                                      format.exponent_steps(), format.shift, int(format.qmax()),
+                                      rounding == Rounding::stochastic, key.k0, key.k1, values);
 }
 
 void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, const Tensor &inv_std,

@@ -5,6 +5,7 @@
 // gradients land straight in their slot of the parameter store.
 #pragma once
 
+#include "quantize.h"
 #include "tensor.h"
 
 namespace lowbit {
@@ -16,6 +17,15 @@ void batch_norm_statistics(const Tensor &x, Tensor &mean, Tensor &variance);
 void batch_norm_forward(const Tensor &x, const Tensor &scale, const Tensor &shift, bool relu, Tensor &y);
 // y = ReLU(scale * x + shift + residual): the end of a residual block.
 void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y);
+
+// quantize(ReLU(scale * x + shift)) as an activation, bit for bit, without writing the float32
+// ReLU output: one pass for the group maxima, one for the values. Formats grouped per sample,
+// per channel or not at all (fused_quantize_supports); throws std::invalid_argument otherwise,
+// and for NaN/Inf outputs, as quantize does.
+bool fused_quantize_supports(const Format &format);
+void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Tensor &scale, const Tensor &shift,
+                                   const Format &format, Rounding rounding, uint64_t seed, uint64_t step,
+                                   uint32_t tensor_id);
 
 // Training-mode backward through y = [ReLU](scale * x + shift) with scale = gamma * inv_std and
 // shift = beta - mean * scale from the batch statistics (mean, inv_std). The ReLU mask is

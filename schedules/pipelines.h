@@ -100,8 +100,8 @@ namespace lowbit::schedules {
 // share out), then the rows of a channel in sample order, so the result never depends on the
 // thread count. Backward then writes an element-wise output over the same view.
 struct ChannelSumsPipeline {
-    Halide::Func row_sums{"row_sums"};          // (c, n): a Tuple of sums over i
-    Halide::Func channel_sums{"channel_sums"};  // (c): a Tuple of sums over n
+    Halide::Func row_sums{"row_sums"};          // (c, n): a Tuple of sums over i (or one max, for row maxima)
+    Halide::Func channel_sums;                  // (c): a Tuple of sums over n, or undefined
     std::vector<Halide::Func> channel_outputs;  // (c) outputs computed from channel_sums
     std::vector<Halide::Func> elementwise;      // (i, c, n) outputs, if any
     Halide::Var i{"i"}, c{"c"}, n{"n"};

@@ -97,7 +97,7 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
         .parallel(task);
     lanes.compute_at(p.row_sums, row).vectorize(lane);
     lanes.update().vectorize(lane);
-    p.channel_sums.compute_root();
+    if (p.channel_sums.defined()) p.channel_sums.compute_root();
     for (Func f : p.channel_outputs) f.compute_root();
     for (const Func &f : p.elementwise) {
         ElementwisePipeline e;

@@ -190,6 +190,37 @@ TEST(BatchNorm, IdenticalForEveryThreadCountAndVariant) {
     set_num_threads(0);
 }
 
+// The fused batch norm + ReLU + quantize equals quantize(batch_norm_forward(..., relu)) bit for
+// bit: values, group exponents and scale, for every group axis it takes and both roundings.
+TEST(BatchNorm, FusedQuantizeEqualsQuantizeOfTheOutput) {
+    std::mt19937 rng(7);
+    for (const Case &s : kCases) {
+        Tensor x = random_tensor({s.N, s.C, s.H, s.W}, rng, 0.2f, 1.0f);
+        Tensor scale = random_tensor({s.C}, rng, 1.0f, 2.0f), shift = random_tensor({s.C}, rng);
+        // Channels of very different sizes, so that group exponents differ between groups.
+        for (int64_t c = 0; c < s.C; c++) scale[c] = std::ldexp(scale[c], int(c % 5) - 2);
+        Tensor y = Tensor::uninitialized(x.shape());
+        batch_norm_forward(x, scale, shift, true, y);
+        for (const char *text : {"m3e0", "m3e0/g3/sample", "m2e1/g3/channel", "m1e2/g2/sample", "m7e0/g8/channel"}) {
+            for (Rounding r : {Rounding::nearest, Rounding::stochastic}) {
+                const Format f = parse_format(text);
+                const QuantizedTensor want = quantize(y, f, r, 11, 3, 5, TensorRole::activation);
+                QuantizedTensor got;
+                batch_norm_relu_quantize_into(got, x, scale, shift, f, r, 11, 3, 5);
+                EXPECT_EQ(got.scale, want.scale) << text;
+                EXPECT_EQ(got.group_exponents, want.group_exponents) << text;
+                ASSERT_EQ(got.values, want.values) << text << " " << to_string(r);
+                EXPECT_EQ(got.shape, want.shape);
+            }
+        }
+    }
+    QuantizedTensor q;
+    Tensor x({2, 3, 4, 4}), c3({3});
+    EXPECT_THROW(
+        batch_norm_relu_quantize_into(q, x, c3, c3, parse_format("m3e0/g3/block2"), Rounding::nearest, 0, 0, 0),
+        std::invalid_argument);
+}
+
 TEST(BatchNorm, RejectsMismatchedShapes) {
     Tensor x({2, 3, 4, 4}), c3({3}), c4({4}), y({2, 3, 4, 4}), wrong({2, 3, 4, 5});
     EXPECT_THROW(batch_norm_forward(x, c4, c3, true, y), std::invalid_argument);

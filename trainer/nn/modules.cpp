@@ -72,9 +72,24 @@ Tensor Conv2d::forward(const Tensor &x, const StepContext &ctx) {
     const LayerPrecision &p = precision_;
     quantize_into(saved_activations_, x, p.activations, p.activation_rounding, ctx.seed, ctx.step,
                   tensor_id(id_, TensorRole::activation), TensorRole::activation);
-    quantize_into(saved_weights_, w, p.weights, p.weight_rounding, ctx.seed, ctx.step,
+    return forward_quantized(ctx);
+}
+
+Tensor Conv2d::forward_quantized(const StepContext &ctx) {
+    const LayerPrecision &p = precision_;
+    quantize_into(saved_weights_, store_->value(weight_), p.weights, p.weight_rounding, ctx.seed, ctx.step,
                   tensor_id(id_, TensorRole::weight), TensorRole::weight);
     return conv_forward(saved_activations_, saved_weights_, geometry_);
+}
+
+Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const StepContext &ctx) {
+    const LayerPrecision &p = precision_;
+    if (!p.low_bit || !bn.relu() || !fused_quantize_supports(p.activations))
+        return forward(bn.forward(bn_input, ctx), ctx);
+    input_shape_ = bn_input.shape();
+    bn.forward_quantized(bn_input, ctx, saved_activations_, p.activations, p.activation_rounding,
+                         tensor_id(id_, TensorRole::activation));
+    return forward_quantized(ctx);
 }
 
 Tensor Conv2d::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
@@ -160,6 +175,14 @@ Tensor BatchNorm2d::forward(const Tensor &x, const StepContext &ctx) {
     batch_norm_forward(x, scale_, shift_, relu_, y);
     if (ctx.training) saved_input_ = x;
     return y;
+}
+
+void BatchNorm2d::forward_quantized(const Tensor &x, const StepContext &ctx, QuantizedTensor &out, const Format &format,
+                                    Rounding rounding, uint32_t tensor_id) {
+    if (!relu_) throw std::logic_error("BatchNorm2d::forward_quantized: only after a ReLU");
+    fold(ctx, x);
+    batch_norm_relu_quantize_into(out, x, scale_, shift_, format, rounding, ctx.seed, ctx.step, tensor_id);
+    if (ctx.training) saved_input_ = x;
 }
 
 Tensor BatchNorm2d::forward_add_relu(const Tensor &x, const Tensor &residual, const StepContext &ctx) {
@@ -344,9 +367,9 @@ int64_t BasicBlock::multiply_adds(const Shape &input) const {
 }
 
 Tensor BasicBlock::forward(const Tensor &x, const StepContext &ctx) {
-    const Tensor h = bn1_.forward(conv1_.forward(x, ctx), ctx);
+    const Tensor c2 = conv2_.forward_after(bn1_, conv1_.forward(x, ctx), ctx);
     const Tensor shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x, ctx), ctx) : x;
-    return bn2_.forward_add_relu(conv2_.forward(h, ctx), shortcut, ctx);
+    return bn2_.forward_add_relu(c2, shortcut, ctx);
 }
 
 Tensor BasicBlock::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {

@@ -50,6 +50,8 @@ public:
     virtual Shape output_shape(const Shape &input) const = 0;
 };
 
+class BatchNorm2d;
+
 class Conv2d : public Module {
 public:
     // `id` distinguishes this layer's tensors in the stochastic-rounding hash.
@@ -60,8 +62,14 @@ public:
     Tensor backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) override;
     int64_t multiply_adds(const Shape &input) const override;
     Shape output_shape(const Shape &input) const override;
+    // conv(bn(x)) for a batch norm with ReLU: in low-bit mode the batch norm writes this
+    // layer's quantized input directly (batch_norm_relu_quantize_into), never a float32 one.
+    Tensor forward_after(BatchNorm2d &bn, const Tensor &bn_input, const StepContext &ctx);
 
 private:
+    // The forward pass once saved_activations_ holds the quantized input.
+    Tensor forward_quantized(const StepContext &ctx);
+
     int in_, out_, kernel_;
     ConvGeometry geometry_;
     LayerPrecision precision_;
@@ -85,6 +93,10 @@ public:
     // y = ReLU(BN(x) + residual); backward_add_relu also returns dL/d(residual).
     Tensor forward_add_relu(const Tensor &x, const Tensor &residual, const StepContext &ctx);
     Tensor backward_add_relu(const Tensor &dy, Tensor &residual_grad);
+    // y = ReLU(BN(x)) straight into its quantized form (relu must be on; see Conv2d::forward_after).
+    void forward_quantized(const Tensor &x, const StepContext &ctx, QuantizedTensor &out, const Format &format,
+                           Rounding rounding, uint32_t tensor_id);
+    bool relu() const { return relu_; }
     void collect_state(StateList &out, const std::string &prefix) override;
     Shape output_shape(const Shape &input) const override { return input; }
 

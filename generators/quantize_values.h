@@ -1,0 +1,53 @@
+// The value half of quantization (method.md section 3), shared by the quantize generators and
+// the fused batch-norm + ReLU + quantize generator: q for one element, by nearest or
+// stochastic rounding to the format's representable set, and the element index that seeds
+// the stochastic draw. Both generators must agree bit for bit, so both use this.
+#pragma once
+
+#include "Halide.h"
+#include "format.h"
+#include "halide_ops.h"
+
+namespace lowbit::quantize_generators {
+
+using namespace Halide;
+
+// Element values q, by nearest or stochastic rounding to the format's representable set.
+// The format arrives as runtime values (no library per format); the runtime checks it.
+struct FormatInputs {
+    Expr mantissa_max, exponent_steps, shift, qmax;
+};
+
+inline Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr &group_exponent, const FormatInputs &f,
+                            const Expr &stochastic, const Expr &index, const Expr &key0, const Expr &key1) {
+    const lowbit::FormatRuntime<HalideOps> format{f.mantissa_max, f.exponent_steps, f.shift};
+    Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
+    Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale);
+    Expr a = abs(u);
+    Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
+    Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
+    Expr stochastic_value = lowbit::round_magnitude_stochastic<HalideOps>(a, format, random);
+    Expr magnitude = cast<int>(select(stochastic, stochastic_value, nearest));
+    // IEEE semantics throughout: the result must not depend on the target's FMA or
+    // reassociation, so that every compiled variant gives identical values.
+    return strict_float(
+        select(tensor_scale == 0.0f, cast<int8_t>(0), cast<int8_t>(select(u < Expr(0.0), -magnitude, magnitude))));
+}
+
+inline Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &extent_i, const Expr &extent_g) {
+    return cast<uint32_t>(i) +
+           cast<uint32_t>(extent_i) * (cast<uint32_t>(g) + cast<uint32_t>(extent_g) * cast<uint32_t>(o));
+}
+
+#define LOWBIT_QUANTIZE_VALUE_INPUTS             \
+    Input<float> tensor_scale{"tensor_scale"};   \
+    Input<int> mantissa_max{"mantissa_max"};     \
+    Input<int> exponent_steps{"exponent_steps"}; \
+    Input<int> shift_bits{"shift_bits"};         \
+    Input<int> qmax{"qmax"};                     \
+    Input<bool> stochastic{"stochastic"};        \
+    Input<uint32_t> key0{"key0"};                \
+    Input<uint32_t> key1{"key1"};                \
+    Output<Buffer<int8_t, 3>> values{"values"};
+
+}  // namespace lowbit::quantize_generators
