@@ -298,6 +298,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
         while (train_loader.next(batch)) {
             const nn::StepContext ctx{true, config.seed, uint64_t(step)};
             const Tensor logits = net.forward(batch.images, ctx);
+            if (grad_logits.shape() != logits.shape()) grad_logits = Tensor();  // the last batch may be short
             const nn::LossResult loss = nn::softmax_cross_entropy(logits, batch.labels, &grad_logits);
             if (!std::isfinite(loss.loss)) {
                 throw std::runtime_error(fmt::format(
