@@ -1,5 +1,7 @@
 #include "dispatch.h"
 
+#include "memory.h"
+
 #include <HalideRuntime.h>
 #include <fmt/format.h>
 
@@ -107,7 +109,20 @@ namespace detail {
 
 void install_halide_handlers() {
     static std::once_flag once;
-    std::call_once(once, [] { halide_set_error_handler(keep_halide_error); });
+    std::call_once(once, [] {
+        halide_set_error_handler(keep_halide_error);
+        // The kernels' temporaries (packed operands, partial sums) recur with the same sizes
+        // every training step: the caching allocator of memory.h serves them (installed before
+        // the first kernel runs, so no block crosses allocators).
+        halide_set_custom_malloc([](void *, size_t bytes) -> void * {
+            try {
+                return allocate(bytes);
+            } catch (const std::bad_alloc &) {
+                return nullptr;  // Halide reports the failed allocation itself
+            }
+        });
+        halide_set_custom_free([](void *, void *p) { deallocate(p); });
+    });
 }
 
 std::string take_last_halide_error() {

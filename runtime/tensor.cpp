@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include "memory.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -42,11 +44,10 @@ Tensor Tensor::uninitialized(Shape shape) {
     t.numel_ = shape_numel(shape);
     t.shape_ = std::move(shape);
     t.strides_ = contiguous_strides(t.shape_);
-    // 64-byte alignment: whole AVX-512 vectors, and no false sharing between threads.
-    const size_t bytes = ((std::max<int64_t>(t.numel_, 1) * sizeof(float) + 63) / 64) * 64;
-    float *p = static_cast<float *>(std::aligned_alloc(64, bytes));
-    if (p == nullptr) throw std::bad_alloc();
-    t.storage_ = std::shared_ptr<float>(p, [](float *q) { std::free(q); });
+    // 128-byte alignment (memory.h): whole AVX-512 vectors, no false sharing between threads;
+    // large tensors recycle the blocks of earlier steps.
+    float *p = static_cast<float *>(allocate(size_t(t.numel_) * sizeof(float)));
+    t.storage_ = std::shared_ptr<float>(p, [](float *q) { deallocate(q); });
     t.data_ = p;
     return t;
 }

@@ -1,0 +1,38 @@
+// Memory for tensors and for the kernels' own temporaries (installed as Halide's allocator).
+//
+// A training step allocates the same large buffers in the same order every step: packed
+// operands, outputs, gradients. From malloc they fragment its heap (freed temporaries between
+// long-lived saved tensors), and from fresh mmaps every call pays page faults; so blocks of at
+// least kCachedBytes are mmap'd once, kept when freed, and handed out again to the next request
+// that fits it (wasting less than half the block), as PyTorch's caching allocator does.
+// Smaller blocks come from malloc. Measured on ResNet-20 training steps (bench_train_step,
+// 2 threads): 4-bit 150 -> 175-200 images/s, float32 +5%, peak RSS +40 MiB (the cache).
+// Thread-safe. Under AddressSanitizer everything goes to malloc, so ASan sees every buffer.
+#pragma once
+
+#include <cstddef>
+
+namespace lowbit {
+
+inline constexpr size_t kCachedBytes = size_t(256) << 10;
+// Freed large blocks beyond this many bytes are returned to the system instead of kept.
+inline constexpr size_t kCacheLimitBytes = size_t(1) << 30;
+
+// `bytes` (may be 0) aligned to 128 bytes; readable 8 bytes before and after, as Halide
+// requires of its allocator. Throws std::bad_alloc.
+void *allocate(size_t bytes);
+// Memory from allocate(), or null.
+void deallocate(void *p);
+
+struct MemoryStats {
+    size_t cached_bytes = 0;  // freed large blocks kept for reuse
+    size_t reused = 0;        // large requests served from the cache
+    size_t mapped = 0;        // large requests that mapped new memory
+};
+MemoryStats memory_stats();
+// False under AddressSanitizer (everything from malloc).
+bool memory_cache_enabled();
+// Returns every cached block to the system.
+void release_cached_memory();
+
+}  // namespace lowbit
