@@ -101,7 +101,10 @@ TEST(Training, ResumingContinuesExactlyAsTheUninterruptedRun) {
     const TrainResult whole = run_training(tiny_run(dir + "/whole", 3), false, {true});
     run_training(tiny_run(dir + "/parts", 3), false, {true, /*stop_after_epochs=*/1});
     EXPECT_FALSE(fs::exists(dir + "/parts/summary.json")) << "an interrupted run has no summary";
-    const TrainResult resumed = run_training(tiny_run(dir + "/parts", 3), true, {true});
+    // The settings come from the checkpoint: what the resuming call asks for does not matter.
+    TrainConfig asked = tiny_run(dir + "/parts", 30);
+    asked.lr = 7;
+    const TrainResult resumed = run_training(asked, true, {true});
     expect_same_learning(whole.epochs, resumed.epochs);
     EXPECT_EQ(load_checkpoint(dir + "/whole/checkpoint.ckpt").arrays,
               load_checkpoint(dir + "/parts/checkpoint.ckpt").arrays);

@@ -58,7 +58,8 @@ Run add_train(CLI::App &app) {
     cmd->add_option("--out", c.out,
                     "run folder for config.json, metrics.csv, checkpoint.ckpt, summary.json (default: a new "
                     "runs/MODEL-PRECISION-DATE-TIME)");
-    cmd->add_flag("--resume", options->resume, "continue the run in --out from its checkpoint");
+    cmd->add_flag("--resume", options->resume,
+                  "continue the run in --out from its checkpoint, with its settings (--epochs may extend it)");
     cmd->add_flag("--quiet", options->quiet, "no progress output");
     return [options, cmd, &app]() {
         train::TrainConfig config = options->config;
@@ -80,7 +81,11 @@ Run add_train(CLI::App &app) {
             config = train::TrainConfig{};
             train::update_from_json(config, merged, options->config_file);
         }
-        train::run_training(config, options->resume, train::RunOptions{options->quiet});
+        train::RunOptions run;
+        run.quiet = options->quiet;
+        // On --resume the checkpoint's settings hold; an explicit --epochs extends the run.
+        if (options->resume && cmd->get_option("--epochs")->count() > 0) run.resume_epochs = config.epochs;
+        train::run_training(config, options->resume, run);
         return 0;
     };
 }

@@ -236,7 +236,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
     if (resume) {
         resumed = load_checkpoint(checkpoint_path);
         update_from_json(config, resumed.meta.at("config"), checkpoint_path);
-        config.epochs = std::max(config.epochs, requested.epochs);
+        if (run_options.resume_epochs > 0) config.epochs = run_options.resume_epochs;
         config.out = folder.string();
     } else if (fs::exists(folder / kCheckpointName) || fs::exists(folder / "metrics.csv")) {
         throw std::runtime_error(

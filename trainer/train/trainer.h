@@ -39,11 +39,15 @@ struct EvalResult {
 struct RunOptions {
     bool quiet = false;
     int stop_after_epochs = -1;  // -1: run to config.epochs
+    // With resume: train to this many epochs instead of the checkpoint's own (0). A different
+    // count stretches the learning-rate schedule, so the continuation is no longer exact.
+    int resume_epochs = 0;
 };
 
 // Trains as `config` says into config.out. A folder that already holds a run is refused unless
 // `resume`, which continues from its checkpoint.ckpt (the configuration comes from there; only
-// `epochs` may grow). Throws std::runtime_error / std::invalid_argument naming what is wrong.
+// the epoch count may change, through RunOptions::resume_epochs). Throws std::runtime_error /
+// std::invalid_argument naming what is wrong.
 TrainResult run_training(const TrainConfig &config, bool resume, const RunOptions &progress = {});
 
 // Test-split accuracy of a network in inference mode.
