@@ -29,6 +29,10 @@ using lowbit::schedules::ElementwisePipeline;
 const Region kViewEstimate = {{0, 32 * 32}, {0, 16}, {0, 128}};
 const Region kChannelEstimate = {{0, 16}};
 
+// scale * x + shift, the one expression every forward kernel uses (so the fused quantize sees
+// the very floats batch_norm_forward writes).
+Expr batch_norm_affine(const Expr &x, const Expr &scale, const Expr &shift) { return strict_float(scale * x + shift); }
+
 // The rows and their order of summation, shared by statistics and backward: first the
 // reduction domains (the summed terms are written over p.over_row), then the sums.
 void define_rows(ChannelSumsPipeline &p, const Expr &row_length, const Expr &samples) {
@@ -94,8 +98,7 @@ public:
 
     void generate() {
         Var i = p.i, c = p.g, n = p.o;
-        Expr y = scale(c) * input(i, c, n) + shift(c);
-        y = strict_float(y);
+        Expr y = batch_norm_affine(input(i, c, n), scale(c), shift(c));
         output(i, c, n) = relu ? max(y, 0.0f) : y;
         p.output = output;
         p.row_length = input.dim(0).extent();
@@ -184,9 +187,9 @@ public:
     void generate() {
         Var i = p.i, c = p.c, n = p.n;
         Func g("masked_grad");
-        g(i, c, n) = relu
-                         ? select(strict_float(scale(c) * input(i, c, n) + shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
-                         : grad_output(i, c, n);
+        g(i, c, n) =
+            relu ? select(batch_norm_affine(input(i, c, n), scale(c), shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
+                 : grad_output(i, c, n);
         define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
         grad_output.set_estimates(kViewEstimate);
         input.set_estimates(kViewEstimate);
@@ -249,7 +252,7 @@ private:
 
 // y = ReLU(scale * x + shift) exactly as BatchNormForward computes it.
 Expr batch_norm_relu(const Expr &x, const Expr &scale, const Expr &shift) {
-    return max(strict_float(scale * x + shift), 0.0f);
+    return max(batch_norm_affine(x, scale, shift), 0.0f);
 }
 
 // First pass: the max-abs bits of y over each (c, n) row; the runtime turns them into the
