@@ -4,6 +4,8 @@
 // max-pooling ties, huge logits, determinism, and the errors on bad shapes and labels.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -47,16 +49,7 @@ bool bitwise_equal(const Tensor &a, const Tensor &b) {
     return a.shape() == b.shape() && std::equal(a.data(), a.data() + a.numel(), b.data());
 }
 
-// The message of the std::invalid_argument that `f` throws, or "" when it throws none.
-template <typename F>
-std::string invalid_argument_message(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument &e) {
-        return e.what();
-    }
-    return "";
-}
+using lowbit::test_util::invalid_argument_message;
 
 bool contains(const std::string &s, const std::string &part) { return s.find(part) != std::string::npos; }
 

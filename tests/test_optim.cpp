@@ -3,6 +3,8 @@
 // the learning-rate schedules with their command-line parser.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -20,16 +22,7 @@ namespace {
 
 bool aligned64(const void *p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
 
-// The message of the std::invalid_argument that `f` throws, or "" when it throws none.
-template <typename F>
-std::string invalid_argument_message(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument &e) {
-        return e.what();
-    }
-    return "";
-}
+using lowbit::test_util::invalid_argument_message;
 
 }  // namespace
 
