@@ -16,6 +16,22 @@ Expr rows_per_task(const ElementwiseParams &params, const Expr &row_length) {
     return max(1, params.task_elements / max(row_length, 1));
 }
 
+// A Func of rows (a, b), each an associative reduction over `over_row`: each row is split
+// into `lanes` interleaved partial results (rfactor; plain vector instructions, and a fixed
+// order of combination), then combined once; rows are shared out among the threads in tasks
+// of `rows_per_task`.
+void reduce_rows_in_lanes(Func rows, const RDom &over_row, const Var &a, const Var &b, int lanes,
+                          const Expr &rows_per_task) {
+    Var lane("lane"), task("task"), row("row"), ab("ab");
+    RVar chunk("chunk"), in_chunk("in_chunk");
+    Func partial =
+        rows.update().split(over_row.x, chunk, in_chunk, lanes, TailStrategy::GuardWithIf).rfactor(in_chunk, lane);
+    rows.compute_root();
+    rows.update().fuse(a, b, ab).split(ab, task, row, rows_per_task, TailStrategy::GuardWithIf).parallel(task);
+    partial.compute_at(rows, row).vectorize(lane);
+    partial.update().vectorize(lane);
+}
+
 }  // namespace
 
 // quantize_scales: memory-bound, one read of the tensor, rows spread over the threads; the
@@ -27,18 +43,7 @@ void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams 
     if (!p.blocked) {
         // Each row's max-abs: rfactor the row into v lanes of partial maxima (plain vector
         // max instructions), then one horizontal max per row.
-        Var lane("lane"), task("task"), row("row");
-        RVar chunk("chunk"), in_chunk("in_chunk");
-        Func lanes = p.row_max.update()
-                         .split(p.over_row.x, chunk, in_chunk, v, TailStrategy::GuardWithIf)
-                         .rfactor(in_chunk, lane);
-        p.row_max.compute_root();
-        p.row_max.update()
-            .fuse(p.g, p.o, go)
-            .split(go, task, row, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf)
-            .parallel(task);
-        lanes.compute_at(p.row_max, row).vectorize(lane);
-        lanes.update().vectorize(lane);
+        reduce_rows_in_lanes(p.row_max, p.over_row, p.g, p.o, v, rows_per_task(params, p.row_length));
         p.group_max.compute_root();
         p.tensor_max.compute_root();
         p.group_exponent.compute_root();
@@ -86,17 +91,7 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
     // The lane count fixes the order of summation: one count for every target, so every
     // variant gives the same bits (8 doubles: two AVX2 registers, four SSE2 ones).
     const int v = 8;
-    Var lane("lane"), task("task"), row("row"), cn("cn");
-    RVar chunk("chunk"), in_chunk("in_chunk");
-    Func lanes =
-        p.row_sums.update().split(p.over_row.x, chunk, in_chunk, v, TailStrategy::GuardWithIf).rfactor(in_chunk, lane);
-    p.row_sums.compute_root();
-    p.row_sums.update()
-        .fuse(p.c, p.n, cn)
-        .split(cn, task, row, rows_per_task(params, p.row_length), TailStrategy::GuardWithIf)
-        .parallel(task);
-    lanes.compute_at(p.row_sums, row).vectorize(lane);
-    lanes.update().vectorize(lane);
+    reduce_rows_in_lanes(p.row_sums, p.over_row, p.c, p.n, v, rows_per_task(params, p.row_length));
     if (p.channel_sums.defined()) p.channel_sums.compute_root();
     for (Func f : p.channel_outputs) f.compute_root();
     for (const Func &f : p.elementwise) {

@@ -203,7 +203,6 @@ public:
     void collect_state(StateList &out, const std::string &prefix) override;
     int64_t multiply_adds(const Shape &input) const override;
     Shape output_shape(const Shape &input) const override;
-    size_t size() const { return modules_.size(); }
 
 private:
     std::vector<std::unique_ptr<Module>> modules_;
