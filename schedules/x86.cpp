@@ -198,7 +198,10 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     Var oo("oo"), oi("oi"), co("co"), ci("ci"), task("task");
 
     p.output.compute_root();
-    p.total.compute_root();
+    // The total is stored output channels innermost, the axis its updates are vectorized
+    // along (dense vector loads and stores, not gathers and scattered scalars); output
+    // transposes it once.
+    p.total.compute_root().reorder_storage(p.o, p.c, p.kx, p.ky);
     p.total.update()
         .split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
         .split(p.c, co, ci, tile_c, TailStrategy::GuardWithIf)
