@@ -6,8 +6,11 @@
 // int32 (the runtime checks OH * OW * 127^2 < 2^31), and samples are combined in double with
 // their scales, which may vary per sample and per channel:
 //   dW = sum_n partial(n) * error_scale(n, o) * input_scale(n, c), rounded once to float.
-// Operands are packed as pairs of consecutive x positions for 2-term dot products; the input
-// is packed once per kx, so the pair (x s + kx - p, (x + 1) s + kx - p) is contiguous.
+// Operands are packed as pairs of consecutive x positions for 2-term dot products. The input
+// is packed once, split into `stride` column phases: column m of phase f holds input column
+// m s + f - p, so the pair of inputs that meets the errors at (x, x + 1) through tap kx,
+// columns (x s + kx - p, (x + 1) s + kx - p), is the adjacent pair (m, m + 1) of phase
+// kx mod s, m = x + kx / s: no copy per tap, no gather.
 #include "conv_common.h"
 
 namespace {
@@ -24,12 +27,14 @@ void define_weight_gradient(ConvWeightPipeline &p, Func errors, Func input, cons
     Expr x = pair * x2 + j;
     // Zero past the last output column, so a pair never reads past the row.
     p.packed_errors(j, o, x2, y, n) = select(x < out_w, cast(operand, errors(x, y, o, n)), cast(operand, 0));
-    p.packed_input(j, x2, row, kx, c, n) = cast(operand, input(x * stride + kx - pad, row - pad, c, n));
+    Var m("m"), phase("phase");
+    p.packed_input(m, phase, row, c, n) = cast(operand, input(m * stride + phase - pad, row - pad, c, n));
     p.positions = RDom({{0, pair}, {0, (out_w + pair - 1) / pair}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
     p.partial(o, c, kx, ky, n) = cast(acc, 0);
-    p.partial(o, c, kx, ky, n) += cast(acc, p.packed_errors(r[0], o, r[1], r[2], n)) *
-                                  cast(acc, p.packed_input(r[0], r[1], r[2] * stride + ky, kx, c, n));
+    p.partial(o, c, kx, ky, n) +=
+        cast(acc, p.packed_errors(r[0], o, r[1], r[2], n)) *
+        cast(acc, p.packed_input(pair * r[1] + r[0] + kx / stride, kx % stride, r[2] * stride + ky, c, n));
     p.samples = RDom(0, batch, "samples");
     p.stride = stride;
 }

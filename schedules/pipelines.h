@@ -78,7 +78,8 @@ struct ConvPipeline {
 // conv_backward_weight: per-sample integer partial sums over the output positions, packed as
 // pairs along x, combined over samples in double:
 //   partial(o, c, kx, ky, n) = sum_{j, x2, y} packed_errors(j, o, x2, y, n)
-//                                             * packed_input(j, x2, y s + ky, kx, c, n)
+//                                             * packed_input(2 x2 + j + kx / s, kx % s, y s + ky, c, n)
+// packed_input(m, phase, row, c, n) is the input split into s column phases (see the generator).
 //   total(kx, ky, c, o) = sum_n partial(o, c, kx, ky, n) * scales(n, o, c)
 struct ConvWeightPipeline {
     Halide::Func packed_errors{"packed_errors"}, packed_input{"packed_input"};

@@ -233,13 +233,9 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .unroll(p.j)
         .vectorize(p.o, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
-    // Packing replicates the input once per kx: vectorize along the pairs of a row.
-    Var x2 = p.packed_input.args()[1];
-    p.packed_input.compute_root()
-        .bound(p.j, 0, pair)
-        .unroll(p.j)
-        .vectorize(x2, v, TailStrategy::GuardWithIf)
-        .parallel(p.n);
+    // The input is packed once (its column phases side by side), vectorized along a row.
+    Var m = p.packed_input.args()[0];
+    p.packed_input.compute_root().vectorize(m, v, TailStrategy::GuardWithIf).parallel(p.n);
     p.packed_input.specialize(p.stride == 1);
     p.packed_input.specialize(p.stride == 2);
     update.specialize(p.stride == 1);
