@@ -122,11 +122,13 @@ public:
     Input<Buffer<float, 1>> scale{"scale"};  // (c)
     Input<Buffer<float, 1>> shift{"shift"};
     Input<Buffer<float, 3>> residual{"residual"};  // (i, c, n)
-    Output<Buffer<float, 3>> output{"output"};
+    // y, and the ReLU mask y > 0 (1 byte, all the backward needs of y), written in one pass.
+    Output<Func> output{"output", {Float(32), UInt(8)}, 3};
 
     void generate() {
         Var i = p.i, c = p.g, n = p.o;
-        output(i, c, n) = max(strict_float(scale(c) * input(i, c, n) + shift(c) + residual(i, c, n)), 0.0f);
+        Expr y = max(strict_float(scale(c) * input(i, c, n) + shift(c) + residual(i, c, n)), 0.0f);
+        output(i, c, n) = Tuple(y, cast<uint8_t>(y > 0.0f));
         p.output = output;
         p.row_length = input.dim(0).extent();
         input.set_estimates(kViewEstimate);
@@ -205,15 +207,15 @@ private:
     ChannelSumsPipeline p;
 };
 
-// Backward of the end of a residual block, y = ReLU(BN(x) + residual): the ReLU mask comes
-// from the forward's output y (the residual is not at hand to recompute it), and the masked
+// Backward of the end of a residual block, y = ReLU(BN(x) + residual): the ReLU mask y > 0
+// is the one the forward wrote (the residual is not at hand to recompute it), and the masked
 // gradient is also the residual's gradient, written in the same pass.
 class BatchNormAddReluBackward : public Generator<BatchNormAddReluBackward> {
 public:
     LOWBIT_ELEMENTWISE_KNOBS
     Input<Buffer<float, 3>> grad_output{"grad_output"};  // (i, c, n)
     Input<Buffer<float, 3>> input{"input"};              // x
-    Input<Buffer<float, 3>> output{"output"};            // y of the forward
+    Input<Buffer<uint8_t, 3>> mask{"mask"};              // y > 0 of the forward
     Input<Buffer<float, 1>> mean{"mean"};                // (c)
     Input<Buffer<float, 1>> inv_std{"inv_std"};
     Input<Buffer<float, 1>> scale{"scale"};
@@ -225,11 +227,12 @@ public:
     void generate() {
         Var i = p.i, c = p.c, n = p.n;
         Func g("masked_grad");
-        g(i, c, n) = select(output(i, c, n) > 0.0f, grad_output(i, c, n), 0.0f);
+        g(i, c, n) = select(mask(i, c, n) != 0, grad_output(i, c, n), 0.0f);
         define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
         grad_residual(i, c, n) = g(i, c, n);
         p.elementwise.push_back(grad_residual);
-        for (auto *b : {&grad_output, &input, &output}) b->set_estimates(kViewEstimate);
+        for (auto *b : {&grad_output, &input}) b->set_estimates(kViewEstimate);
+        mask.set_estimates(kViewEstimate);
         for (auto *b : {&mean, &inv_std, &scale}) b->set_estimates(kChannelEstimate);
         grad_input.set_estimates(kViewEstimate);
         grad_residual.set_estimates(kViewEstimate);

@@ -58,6 +58,10 @@ Buffer<float> view_buffer(const Tensor &t, const View &v) {
     return Buffer<float>(const_cast<float *>(t.data()), {v.plane, v.channels, v.samples});
 }
 
+Buffer<uint8_t> mask_buffer(ReluMask &mask, const View &v) {
+    return Buffer<uint8_t>(mask.data(), {v.plane, v.channels, v.samples});
+}
+
 Buffer<float> channel_buffer(const Tensor &t) { return Buffer<float>(const_cast<float *>(t.data()), {int(t.size(0))}); }
 
 }  // namespace
@@ -87,16 +91,19 @@ void batch_norm_forward(const Tensor &x, const Tensor &scale, const Tensor &shif
     }
 }
 
-void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y) {
+void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y,
+                         ReluMask &mask) {
     const char *what = "batch_norm_add_relu";
     const View v = activation_view(what, x);
     require_channels(what, "scale", scale, v.channels);
     require_channels(what, "shift", shift, v.channels);
     require_same_shape(what, "residual", residual, x);
     require_same_shape(what, "output", y, x);
+    mask.resize(size_t(x.numel()));
     auto in = view_buffer(x, v), res = view_buffer(residual, v), out = view_buffer(y, v);
+    auto out_mask = mask_buffer(mask, v);
     auto a = channel_buffer(scale), b = channel_buffer(shift);
-    kernels::batch_norm_add_relu(in, a, b, res, out);
+    kernels::batch_norm_add_relu(in, a, b, res, out, out_mask);
 }
 
 bool fused_quantize_supports(const Format &format) { return format.axis != GroupAxis::block; }
@@ -194,13 +201,15 @@ void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, 
     }
 }
 
-void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const Tensor &y, const Tensor &mean,
+void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluMask &mask, const Tensor &mean,
                                   const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
                                   Tensor &dresidual) {
     const char *what = "batch_norm_add_relu_backward";
     const View v = activation_view(what, x);
     require_same_shape(what, "grad_output", dy, x);
-    require_same_shape(what, "output", y, x);
+    if (int64_t(mask.size()) != x.numel())
+        throw std::invalid_argument(
+            fmt::format("{}: the ReLU mask has {} elements, x {}", what, mask.size(), x.numel()));
     require_same_shape(what, "grad_input", dx, x);
     require_same_shape(what, "grad_residual", dresidual, x);
     for (auto [name, t] : {std::pair<const char *, const Tensor *>{"mean", &mean},
@@ -210,7 +219,8 @@ void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const Tenso
                            {"grad_beta", &dbeta}}) {
         require_channels(what, name, *t, v.channels);
     }
-    auto g = view_buffer(dy, v), in = view_buffer(x, v), out = view_buffer(y, v);
+    auto g = view_buffer(dy, v), in = view_buffer(x, v);
+    auto out = mask_buffer(const_cast<ReluMask &>(mask), v);  // read only
     auto m = channel_buffer(mean), s = channel_buffer(inv_std), a = channel_buffer(scale);
     auto di = view_buffer(dx, v), dr = view_buffer(dresidual, v);
     auto dg = channel_buffer(dgamma), db = channel_buffer(dbeta);

@@ -5,6 +5,9 @@
 // gradients land straight in their slot of the parameter store.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "quantize.h"
 #include "tensor.h"
 
@@ -15,8 +18,14 @@ void batch_norm_statistics(const Tensor &x, Tensor &mean, Tensor &variance);
 
 // y = scale * x + shift per channel, then ReLU when `relu`.
 void batch_norm_forward(const Tensor &x, const Tensor &scale, const Tensor &shift, bool relu, Tensor &y);
-// y = ReLU(scale * x + shift + residual): the end of a residual block.
-void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y);
+// The ReLU mask of a residual block's output, y > 0, one byte per element: all its backward
+// needs of y, a quarter of y's memory.
+using ReluMask = std::vector<uint8_t>;
+
+// y = ReLU(scale * x + shift + residual): the end of a residual block. Also writes its ReLU
+// mask (resized to y's size).
+void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shift, const Tensor &residual, Tensor &y,
+                         ReluMask &mask);
 
 // quantize(ReLU(scale * x + shift)) as an activation, bit for bit, without writing the float32
 // ReLU output: one pass for the group maxima, one for the values. Formats grouped per sample,
@@ -34,9 +43,9 @@ void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, 
                          const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma,
                          Tensor &dbeta);
 
-// Backward through y = ReLU(scale * x + shift + residual) (training mode): the ReLU mask is
-// y > 0, from the forward's output y; writes dx, dgamma, dbeta and d(residual).
-void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const Tensor &y, const Tensor &mean,
+// Backward through y = ReLU(scale * x + shift + residual) (training mode), given the forward's
+// ReLU mask; writes dx, dgamma, dbeta and d(residual).
+void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluMask &mask, const Tensor &mean,
                                   const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
                                   Tensor &dresidual);
 

@@ -88,8 +88,11 @@ TEST(BatchNorm, ForwardWithAndWithoutReluMatchesFloat64) {
         }
         Tensor residual = random_tensor(x.shape(), rng);
         Tensor y = Tensor::uninitialized(x.shape());
-        batch_norm_add_relu(x, f.scale, f.shift, residual, y);
+        ReluMask mask(3, 7);  // resized and overwritten
+        batch_norm_add_relu(x, f.scale, f.shift, residual, y, mask);
         expect_close(y, ref::relu_forward(ref::residual_add_forward(want.y, to_double(residual))), 2e-6, "bn+add+relu");
+        ASSERT_EQ(int64_t(mask.size()), y.numel());
+        for (int64_t k = 0; k < y.numel(); k++) ASSERT_EQ(mask[size_t(k)], y[k] > 0.0f ? 1 : 0) << "element " << k;
     }
 }
 
@@ -130,7 +133,8 @@ TEST(BatchNorm, AddReluBackwardMatchesFloat64) {
         Tensor dy = random_tensor(x.shape(), rng);
         Folded f = fold(x, gamma, beta);
         Tensor y = Tensor::uninitialized(x.shape());
-        batch_norm_add_relu(x, f.scale, f.shift, residual, y);
+        ReluMask mask;
+        batch_norm_add_relu(x, f.scale, f.shift, residual, y, mask);
         // Reference: ReLU backward at the float64 sum, then the residual add and batch norm.
         const auto fwd = ref::batch_norm_train_forward(shape, to_double(x), to_double(gamma), to_double(beta), kEps);
         const std::vector<double> g =
@@ -138,7 +142,7 @@ TEST(BatchNorm, AddReluBackwardMatchesFloat64) {
         const auto want = ref::batch_norm_train_backward(shape, g, to_double(x), to_double(gamma), kEps);
         Tensor dx = Tensor::uninitialized(x.shape()), dres = Tensor::uninitialized(x.shape()), dgamma({s.C}),
                dbeta({s.C});
-        batch_norm_add_relu_backward(dy, x, y, f.mean, f.inv_std, f.scale, dx, dgamma, dbeta, dres);
+        batch_norm_add_relu_backward(dy, x, mask, f.mean, f.inv_std, f.scale, dx, dgamma, dbeta, dres);
         expect_close(dres, ref::residual_add_backward(g).da, 0, "dresidual");
         expect_close(dbeta, want.dbeta, 1e-6, "dbeta");
         expect_close(dgamma, want.dgamma, 1e-5, "dgamma");
@@ -225,7 +229,11 @@ TEST(BatchNorm, RejectsMismatchedShapes) {
     Tensor x({2, 3, 4, 4}), c3({3}), c4({4}), y({2, 3, 4, 4}), wrong({2, 3, 4, 5});
     EXPECT_THROW(batch_norm_forward(x, c4, c3, true, y), std::invalid_argument);
     EXPECT_THROW(batch_norm_forward(x, c3, c3, true, wrong), std::invalid_argument);
-    EXPECT_THROW(batch_norm_add_relu(x, c3, c3, wrong, y), std::invalid_argument);
+    ReluMask mask;
+    EXPECT_THROW(batch_norm_add_relu(x, c3, c3, wrong, y, mask), std::invalid_argument);
+    Tensor dx({2, 3, 4, 4}), dres({2, 3, 4, 4});
+    ReluMask short_mask(size_t(x.numel() - 1));
+    EXPECT_THROW(batch_norm_add_relu_backward(y, x, short_mask, c3, c3, c3, dx, c3, c3, dres), std::invalid_argument);
     Tensor rank3({2, 3, 4});
     EXPECT_THROW(batch_norm_statistics(rank3, c3, c3), std::invalid_argument);
 }

@@ -188,11 +188,9 @@ void BatchNorm2d::forward_quantized(const Tensor &x, const StepContext &ctx, Qua
 Tensor BatchNorm2d::forward_add_relu(const Tensor &x, const Tensor &residual, const StepContext &ctx) {
     fold(ctx, x);
     Tensor y = Tensor::uninitialized(x.shape());
-    batch_norm_add_relu(x, scale_, shift_, residual, y);
-    if (ctx.training) {
-        saved_input_ = x;
-        saved_output_ = y;  // shares storage with the next block's input: no copy
-    }
+    // The mask buffer persists between steps (no allocation per step); y itself is not kept.
+    batch_norm_add_relu(x, scale_, shift_, residual, y, saved_mask_);
+    if (ctx.training) saved_input_ = x;
     return y;
 }
 
@@ -208,14 +206,13 @@ Tensor BatchNorm2d::backward_masked(const Tensor &g, bool relu) {
 Tensor BatchNorm2d::backward(const Tensor &dy, const StepContext &, bool) { return backward_masked(dy, relu_); }
 
 Tensor BatchNorm2d::backward_add_relu(const Tensor &dy, Tensor &residual_grad) {
-    if (saved_output_.numel() == 0) throw std::logic_error("BatchNorm2d: backward without a training forward");
+    if (saved_input_.numel() == 0) throw std::logic_error("BatchNorm2d: backward without a training forward");
     Tensor dx = Tensor::uninitialized(dy.shape());
     residual_grad = Tensor::uninitialized(dy.shape());
     Tensor dgamma = store_->grad(gamma_), dbeta = store_->grad(beta_);
-    batch_norm_add_relu_backward(dy, saved_input_, saved_output_, mean_, inv_std_, scale_, dx, dgamma, dbeta,
+    batch_norm_add_relu_backward(dy, saved_input_, saved_mask_, mean_, inv_std_, scale_, dx, dgamma, dbeta,
                                  residual_grad);
     saved_input_ = Tensor();
-    saved_output_ = Tensor();
     return dx;
 }
 

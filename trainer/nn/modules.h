@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "conv.h"
+#include "layers.h"
 #include "nn/precision.h"
 #include "optim/parameters.h"
 #include "quantize.h"
@@ -111,7 +112,8 @@ private:
     size_t gamma_ = 0, beta_ = 0;
     Tensor running_mean_, running_var_;
     Tensor mean_, variance_, inv_std_, scale_, shift_;
-    Tensor saved_input_, saved_output_;
+    Tensor saved_input_;
+    ReluMask saved_mask_;  // forward_add_relu's, for backward_add_relu
 };
 
 // y = x W^T + b on (N, I) or (N, C, H, W) flattened. float32 unless its precision says
