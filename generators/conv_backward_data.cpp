@@ -7,6 +7,11 @@
 //   dA(ix) = sum_{kx', o} Ed(ix + kx' - (K - 1 - p)) W(K - 1 - kx', c, o),  Ed(u) = E(u / s) if s | u.
 // (At stride 2, three quarters of Ed are zeros; a polyphase split would skip them.)
 //   integer: int8 E and W, int32 sums, dA = acc * error_scale(n) * weight_scale(c), in double.
+//            W's group scales vary along the reduction (per output channel o), so the runtime
+//            passes them as left shifts, weight_shift(o) = e_max - e_o, applied to the int16
+//            weights before accumulation (method.md section 4; exact while nothing overflows,
+//            which the runtime checks). The 4-term u8 x i8 path has no room for shifts: its
+//            callers pass zeros and split W into exponent classes instead.
 //   float:   the float32 baseline.
 #include "conv_common.h"
 
@@ -28,10 +33,11 @@ Expr dilated(Func e, const Expr &x, const Expr &y, const Expr &channel, const Ex
 class ConvBackwardData : public Generator<ConvBackwardData> {
 public:
     LOWBIT_CONV_KNOBS
-    Input<Buffer<int8_t, 4>> errors{"errors"};              // (x, y, o, n): dL/dY
-    Input<Buffer<int8_t, 4>> weights{"weights"};            // (kx, ky, c, o)
-    Input<Buffer<double, 1>> error_scale{"error_scale"};    // (n)
-    Input<Buffer<double, 1>> weight_scale{"weight_scale"};  // (c)
+    Input<Buffer<int8_t, 4>> errors{"errors"};               // (x, y, o, n): dL/dY
+    Input<Buffer<int8_t, 4>> weights{"weights"};             // (kx, ky, c, o)
+    Input<Buffer<double, 1>> error_scale{"error_scale"};     // (n)
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
+    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
     Input<int> stride{"stride"};
     // Per axis, and the kernel may be rectangular: the runtime runs strided layers as
     // stride-1 phases with sub-kernels (runtime/conv.cpp).
@@ -48,7 +54,12 @@ public:
         const Expr o = channel_in_group(group, j, g);
         p.packed_input(j, x, y, group, n) =
             pack_integer_input(dilated<int8_t>(e, x, y, o, n, kernel_x, kernel_y, stride, pad_x, pad_y), g);
-        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
+        Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
+        if (g == 2) {
+            Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+            weight = weight << cast<int16_t>(shift(o));
+        }
+        p.packed_weights(j, x, y, group, k) = weight;
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Int(32));
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
@@ -58,6 +69,7 @@ public:
         weights.set_estimates(kWeightEstimate);
         error_scale.set_estimates({{0, kEstimateBatch}});
         weight_scale.set_estimates({{0, kEstimateChannels}});
+        weight_shift.set_estimates({{0, kEstimateChannels}});
         stride.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);

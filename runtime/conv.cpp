@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "conv_backward_data_float_variants.h"
@@ -131,6 +132,29 @@ std::vector<Piece> split(const QuantizedTensor &q, std::initializer_list<int> ou
     return pieces;
 }
 
+// Backward-data reduces over the weights' output channels, along which their group scales
+// vary. The int16-pair kernels apply those scales as left shifts of the weights before
+// accumulating (method.md section 4): shift(o) = e_max - e_o, one pass, one scale
+// S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do not
+// apply: weights not grouped per output channel, the 4-term u8 x i8 variant (int8 weights,
+// no room), a shifted weight past int16, or a sum that could pass int32. Then the caller
+// splits W into exponent classes, one pass each.
+std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const QuantizedTensor &weights, int64_t terms,
+                                     std::vector<uint8_t> &shifts) {
+    if (grouped_axis(weights) != 0 || weights.group_exponents.empty()) return std::nullopt;
+    if (kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni) return std::nullopt;
+    const auto [lowest, highest] = std::minmax_element(weights.group_exponents.begin(), weights.group_exponents.end());
+    const int widest = *highest - *lowest;
+    const int64_t largest = int64_t(weights.format.qmax()) << widest;
+    if (largest > std::numeric_limits<int16_t>::max()) return std::nullopt;
+    if (terms * errors.format.qmax() * largest >= (int64_t{1} << 31)) return std::nullopt;
+    for (size_t o = 0; o < shifts.size(); o++) shifts[o] = uint8_t(*highest - weights.group_exponents[o]);
+    Piece p;
+    p.values = weights.values.data();
+    p.scales = {scale_of(weights, *highest)};
+    return p;
+}
+
 // Runs `pass(a_piece, b_piece, out)` for every pair of pieces and adds the results: one pass,
 // written straight to the output, in the common case.
 template <class Pass>
@@ -210,26 +234,37 @@ std::vector<T> sub_kernel(const T *w, const Shape &w_shape, const Phase &ph, int
     return out;
 }
 
-// Writes a phase's result (N, C, height, width) into its pixels of dA, planes spread over
-// Halide's thread pool (the kernels' threads, so set_num_threads holds here too).
-void interleave(const Tensor &phase_out, const Phase &ph, int64_t s, Tensor &out) {
+// Writes a phase's result (N, C, height, width) into its pixels of dA, or zeros there when
+// `phase_out` is null (a phase no tap reaches), planes spread over Halide's thread pool (the
+// kernels' threads, so set_num_threads holds here too).
+void interleave(const Tensor *phase_out, const Phase &ph, int64_t s, Tensor &out) {
     struct Job {
         const Tensor *phase_out;
         const Phase *ph;
         int64_t s;
         Tensor *out;
-    } job{&phase_out, &ph, s, &out};
-    auto plane_task = [](void *, int plane, uint8_t *closure) -> int {
+    } job{phase_out, &ph, s, &out};
+    // Tasks of kPlanesPerTask planes: small planes (8x8 at the end of a ResNet) would leave
+    // the thread pool's overhead dominant.
+    constexpr int64_t kPlanesPerTask = 32;
+    auto task = [](void *, int index, uint8_t *closure) -> int {
         const Job &j = *reinterpret_cast<const Job *>(closure);
         const Shape &f = j.out->shape();
-        const float *src = j.phase_out->data() + int64_t(plane) * j.ph->height * j.ph->width;
-        float *dst = j.out->data() + int64_t(plane) * f[2] * f[3];
-        for (int64_t y = 0; y < j.ph->height; y++)
-            for (int64_t x = 0; x < j.ph->width; x++) dst[(j.s * y + j.ph->py) * f[3] + j.s * x + j.ph->px] = *src++;
+        const int64_t planes = f[0] * f[1], first = int64_t(index) * kPlanesPerTask;
+        for (int64_t plane = first; plane < std::min(planes, first + kPlanesPerTask); plane++) {
+            float *dst = j.out->data() + plane * f[2] * f[3] + j.ph->py * f[3] + j.ph->px;
+            const float *src =
+                j.phase_out == nullptr ? nullptr : j.phase_out->data() + plane * j.ph->height * j.ph->width;
+            for (int64_t y = 0; y < j.ph->height; y++) {
+                float *row = dst + j.s * y * f[3];
+                for (int64_t x = 0; x < j.ph->width; x++) row[j.s * x] = src == nullptr ? 0.0f : *src++;
+            }
+        }
         return 0;
     };
     const Shape &f = out.shape();
-    halide_do_par_for(nullptr, plane_task, 0, int(f[0] * f[1]), reinterpret_cast<uint8_t *>(&job));
+    const int tasks = int((f[0] * f[1] + kPlanesPerTask - 1) / kPlanesPerTask);
+    halide_do_par_for(nullptr, task, 0, tasks, reinterpret_cast<uint8_t *>(&job));
 }
 
 // Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, pad_x, pad_y,
@@ -242,14 +277,15 @@ void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvG
     }
     const Shape &in = out.shape();
     for (const Phase &ph : phases_of(in, w_shape[2], g)) {
-        Tensor part = Tensor::uninitialized({in[0], in[1], ph.height, ph.width});
-        if (ph.taps_x == 0 || ph.taps_y == 0 || part.numel() == 0) {
-            std::fill(part.data(), part.data() + part.numel(), 0.0f);
-        } else {
-            const std::vector<T> sub = sub_kernel(weights, w_shape, ph, g.stride);
-            pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y), part);
+        if (ph.width == 0 || ph.height == 0) continue;
+        if (ph.taps_x == 0 || ph.taps_y == 0) {
+            interleave(nullptr, ph, g.stride, out);
+            continue;
         }
-        interleave(part, ph, g.stride, out);
+        Tensor part = Tensor::uninitialized({in[0], in[1], ph.height, ph.width});
+        const std::vector<T> sub = sub_kernel(weights, w_shape, ph, g.stride);
+        pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y), part);
+        interleave(&part, ph, g.stride, out);
     }
 }
 
@@ -351,18 +387,26 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
     if (errors.shape != out_shape)
         throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
                                                 shape_string(errors.shape), shape_string(out_shape)));
-    const int64_t N = input_shape[0], C = input_shape[1], K = weights.shape[2];
-    check_no_overflow(weights.shape[0] * K * K, errors, weights, "conv_backward_data");
+    const int64_t N = input_shape[0], C = input_shape[1], O = weights.shape[0], K = weights.shape[2];
+    check_no_overflow(O * K * K, errors, weights, "conv_backward_data");
+    std::vector<uint8_t> shifts(size_t(O), 0);
+    std::vector<Piece> weight_pieces;
+    if (auto shifted = shifted_weights(errors, weights, O * K * K, shifts)) {
+        weight_pieces.push_back(std::move(*shifted));
+    } else {
+        weight_pieces = split(weights, {});
+    }
+    Buffer<const uint8_t> shift_buffer(shifts.data(), {int(O)});
     // Output side: sample n of the errors; the weights' output channels are the reduction.
     return sum_over_pieces(
-        split(errors, {0}), split(weights, {}), input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
+        split(errors, {0}), weight_pieces, input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
             const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
             auto eb = nchw(e.values, errors.shape);
             Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
             backward_data_by_phases(w.values, weights.shape, g, out,
                                     [&](const int8_t *wd, const Shape &ws, int pad_x, int pad_y, Tensor &o) {
-                                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, 1, pad_x, pad_y,
-                                                                    nchw(o.data(), o.shape()));
+                                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, 1, pad_x,
+                                                                    pad_y, nchw(o.data(), o.shape()));
                                     });
         });
 }

@@ -67,6 +67,8 @@ public:
     }
 
     const char *name() const { return name_; }
+    // The variant the next call runs (forcing included); throws if none can run.
+    Isa selected_isa() const { return isas_[detail::select_variant(name_, isas_)]; }
     const std::vector<Isa> &isas() const { return isas_; }
     // The variant of the most recent call, if any.
     std::optional<Isa> last_isa() const {

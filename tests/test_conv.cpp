@@ -5,6 +5,7 @@
 // the longest reductions of ResNet-56 at batch 256.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -141,6 +142,34 @@ TEST(IntegerConv, EveryGroupAxisAndFormat) {
     }
 }
 
+// Backward-data reduces over the weights' output channels, whose group exponents become left
+// shifts of the int16 weights (one pass) where they fit, exponent classes (a pass each) where
+// they do not: both against the float64 reference, with channel magnitudes spread over 2^0 to
+// 2^-5 (shifts up to 5) and, at 8 bits with 4-bit group exponents, 2^0 to 2^-11 (past int16).
+TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
+    for (const auto &[w_format, spread] :
+         {std::pair<const char *, int>{"m3e0/g3/channel", 5}, {"m7e0/g4/channel", 11}}) {
+        SCOPED_TRACE(w_format);
+        const ConvShape s = make_shape(3, 5, 7, 13, 3, 2);
+        const ConvGeometry g{int(s.stride), int(s.pad)};
+        const Shape w_shape = {s.O, s.C, s.K, s.K}, e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+        Tensor w_float = random_tensor(w_shape, 31);
+        const int64_t per_channel = s.C * s.K * s.K;
+        for (int64_t k = 0; k < w_float.numel(); k++)
+            w_float[k] = std::ldexp(w_float[k], -int((k / per_channel) % (spread + 1)));
+        const QuantizedTensor w =
+            quantize(w_float, parse_format(w_format), Rounding::nearest, 0, 0, 1, TensorRole::weight);
+        const QuantizedTensor e = quantize(random_tensor(e_shape, 32), parse_format("m3e0/g3/sample"),
+                                           Rounding::stochastic, 7, 0, 2, TensorRole::error);
+        // The groups really do differ that much (random maxima may lose one step).
+        const auto [lowest, highest] = std::minmax_element(w.group_exponents.begin(), w.group_exponents.end());
+        EXPECT_GE(*highest - *lowest, spread - 1);
+        const std::vector<double> wv = dequantized(w), ev = dequantized(e);
+        expect_close(conv_backward_data(e, w, {s.N, s.C, s.H, s.W}, g), reference::conv_backward_data(s, ev, wv),
+                     reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
+    }
+}
+
 TEST(IntegerConv, BatchOf128) {
     check_integer_layer(make_shape(128, 3, 6, 5, 3, 1), "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", 9);
 }
@@ -269,6 +298,8 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 std::vector<int8_t> a = random_q(a_shape), w = random_q(w_shape), e = random_q(y_shape);
                 std::vector<double> s2(2, 0.5), s5(5, 0.25), sc(size_t(C), 0.125);
                 Buffer<const double> s2b(s2.data(), 2), s5b(s5.data(), 5), scb(sc.data(), int(C));
+                std::vector<uint8_t> no_shifts(5, 0);  // the 4-term path takes no weight shifts
+                Buffer<const uint8_t> shifts(no_shifts.data(), 5);
                 Tensor y4 = Tensor::uninitialized(y_shape), y2 = Tensor::uninitialized(y_shape);
                 Buffer<float> y4b = nchw(y4.data(), y_shape), y2b = nchw(y2.data(), y_shape);
                 kernels::conv_forward_dot4(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, stride,
@@ -278,9 +309,9 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 EXPECT_EQ(0, std::memcmp(y4.data(), y2.data(), size_t(y4.numel()) * sizeof(float))) << "forward";
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
-                kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
-                                                 int(K / 2), int(K / 2), d4b);
-                kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, stride,
+                kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, shifts,
+                                                 stride, int(K / 2), int(K / 2), d4b);
+                kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, shifts, stride,
                                             int(K / 2), int(K / 2), d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
             }

@@ -154,12 +154,14 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
         {
             Tensor d = Tensor::uninitialized(a_shape), cpu = Tensor::uninitialized(a_shape);
             Buffer<float> db = nchw(d.data(), a_shape), cb = nchw(cpu.data(), a_shape);
+            std::vector<uint8_t> shifts = {0, 3, 1, 7};  // per output channel of the layer
             ASSERT_EQ(conv_backward_data_opencl(eb, wb, host<const double>(s3.data(), {3}),
-                                                host<const double>(s5.data(), {5}), stride, 1, 1, db),
+                                                host<const double>(s5.data(), {5}),
+                                                host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, db),
                       0);
             finish(db);
             kernels::conv_backward_data(eb, wb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
-                                        stride, 1, 1, cb);
+                                        host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, cb);
             EXPECT_EQ(std::vector<float>(d.data(), d.data() + d.numel()),
                       std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
                 << "backward-data, stride " << stride;
