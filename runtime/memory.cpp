@@ -8,6 +8,8 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <set>
+#include <utility>
 #include <vector>
 
 namespace lowbit {
@@ -36,10 +38,25 @@ struct Header {
     size_t block_bytes;  // the whole block, header included
 };
 
+// Free large blocks, by address (to merge neighbours) and by size (best fit). A free block
+// may span several mappings: adjacent page ranges of ours are all readable and writable, so
+// they serve as one block and munmap releases them as one.
 struct Cache {
     std::mutex mutex;
-    std::map<size_t, std::vector<void *>> free_blocks;  // by block size
+    std::map<char *, size_t> by_address;
+    std::set<std::pair<size_t, char *>> by_size;
     MemoryStats stats;
+
+    void insert(char *block, size_t bytes) {
+        by_address.emplace(block, bytes);
+        by_size.emplace(bytes, block);
+        stats.cached_bytes += bytes;
+    }
+    void erase(std::map<char *, size_t>::iterator it) {
+        by_size.erase({it->second, it->first});
+        stats.cached_bytes -= it->second;
+        by_address.erase(it);
+    }
 };
 
 Cache &cache() {
@@ -64,46 +81,65 @@ void *allocate(size_t bytes) {
         if (block == nullptr) throw std::bad_alloc();
         return finish(block, block_bytes, kMagicSmall);
     }
-    const size_t page = 4096, mapped_bytes = (block_bytes + page - 1) / page * page;
+    const size_t page = 4096, wanted = (block_bytes + page - 1) / page * page;
     Cache &c = cache();
     {
         std::lock_guard<std::mutex> lock(c.mutex);
-        // The smallest cached block that fits, if it wastes less than half of itself.
-        auto it = c.free_blocks.lower_bound(mapped_bytes);
-        if (it != c.free_blocks.end() && it->first < 2 * mapped_bytes) {
-            void *block = it->second.back();
-            it->second.pop_back();
-            c.stats.cached_bytes -= it->first;
-            if (it->second.empty()) c.free_blocks.erase(it);
+        // The smallest free block that fits; a remainder worth caching is split off and stays
+        // free, so a large freed block also serves smaller requests (no new mapping for them).
+        auto fit = c.by_size.lower_bound({wanted, nullptr});
+        if (fit != c.by_size.end()) {
+            char *block = fit->second;
+            size_t bytes_given = fit->first;
+            c.erase(c.by_address.find(block));
+            if (bytes_given - wanted >= kCachedBytes) {
+                c.insert(block + wanted, bytes_given - wanted);
+                bytes_given = wanted;
+            }
             c.stats.reused++;
-            return static_cast<char *>(block) + kHeader;
+            return finish(block, bytes_given, kMagicLarge);
         }
         c.stats.mapped++;
     }
-    void *block = mmap(nullptr, mapped_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *block = mmap(nullptr, wanted, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (block == MAP_FAILED) throw std::bad_alloc();
-    return finish(block, mapped_bytes, kMagicLarge);
+    return finish(block, wanted, kMagicLarge);
 }
 
 void deallocate(void *p) {
     if (p == nullptr) return;
-    void *block = static_cast<char *>(p) - kHeader;
-    const Header h = *static_cast<Header *>(block);
+    char *block = static_cast<char *>(p) - kHeader;
+    const Header h = *reinterpret_cast<Header *>(block);
     if (h.magic == kMagicSmall) {
         std::free(block);
         return;
     }
     if (h.magic != kMagicLarge) std::abort();  // not ours: a bug, not recoverable
     Cache &c = cache();
+    size_t bytes = h.block_bytes;
     {
         std::lock_guard<std::mutex> lock(c.mutex);
-        if (c.stats.cached_bytes + h.block_bytes <= kCacheLimitBytes) {
-            c.free_blocks[h.block_bytes].push_back(block);
-            c.stats.cached_bytes += h.block_bytes;
+        // Merge with free neighbours, so that freed pieces serve larger requests again.
+        auto next = c.by_address.find(block + bytes);
+        if (next != c.by_address.end()) {
+            bytes += next->second;
+            c.erase(next);
+        }
+        auto prev = c.by_address.lower_bound(block);
+        if (prev != c.by_address.begin()) {
+            --prev;
+            if (prev->first + prev->second == block) {
+                block = prev->first;
+                bytes += prev->second;
+                c.erase(prev);
+            }
+        }
+        if (c.stats.cached_bytes + bytes <= kCacheLimitBytes) {
+            c.insert(block, bytes);
             return;
         }
     }
-    munmap(block, h.block_bytes);
+    munmap(block, bytes);
 }
 
 bool memory_cache_enabled() { return kUseCache; }
@@ -117,10 +153,9 @@ MemoryStats memory_stats() {
 void release_cached_memory() {
     Cache &c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    for (auto &[bytes, blocks] : c.free_blocks) {
-        for (void *block : blocks) munmap(block, bytes);
-    }
-    c.free_blocks.clear();
+    for (const auto &[block, bytes] : c.by_address) munmap(block, bytes);
+    c.by_address.clear();
+    c.by_size.clear();
     c.stats.cached_bytes = 0;
 }
 
