@@ -143,15 +143,25 @@ std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const Quanti
                                      std::vector<uint8_t> &shifts) {
     if (grouped_axis(weights) != 0 || weights.group_exponents.empty()) return std::nullopt;
     if (kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni) return std::nullopt;
-    const auto [lowest, highest] = std::minmax_element(weights.group_exponents.begin(), weights.group_exponents.end());
-    const int widest = *highest - *lowest;
-    const int64_t largest = int64_t(weights.format.qmax()) << widest;
+    // The exponent range of the channels that hold a non-zero weight (an all-zero channel
+    // has the largest exponent, and no shift matters for it).
+    const size_t per_channel = weights.values.size() / shifts.size();
+    int lowest = std::numeric_limits<int>::max(), highest = std::numeric_limits<int>::min();
+    for (size_t o = 0; o < shifts.size(); o++) {
+        const auto first = weights.values.begin() + std::ptrdiff_t(o * per_channel);
+        if (std::all_of(first, first + std::ptrdiff_t(per_channel), [](int8_t q) { return q == 0; })) continue;
+        lowest = std::min(lowest, int(weights.group_exponents[o]));
+        highest = std::max(highest, int(weights.group_exponents[o]));
+    }
+    if (lowest > highest) return std::nullopt;  // all zero: the classes path has that case
+    const int64_t largest = int64_t(weights.format.qmax()) << (highest - lowest);
     if (largest > std::numeric_limits<int16_t>::max()) return std::nullopt;
     if (terms * errors.format.qmax() * largest >= (int64_t{1} << 31)) return std::nullopt;
-    for (size_t o = 0; o < shifts.size(); o++) shifts[o] = uint8_t(*highest - weights.group_exponents[o]);
+    for (size_t o = 0; o < shifts.size(); o++)
+        shifts[o] = uint8_t(std::max(0, highest - int(weights.group_exponents[o])));
     Piece p;
     p.values = weights.values.data();
-    p.scales = {scale_of(weights, *highest)};
+    p.scales = {scale_of(weights, highest)};
     return p;
 }
 

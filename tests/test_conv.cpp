@@ -145,16 +145,20 @@ TEST(IntegerConv, EveryGroupAxisAndFormat) {
 // Backward-data reduces over the weights' output channels, whose group exponents become left
 // shifts of the int16 weights (one pass) where they fit, exponent classes (a pass each) where
 // they do not: both against the float64 reference, with channel magnitudes spread over 2^0 to
-// 2^-5 (shifts up to 5) and, at 8 bits with 4-bit group exponents, 2^0 to 2^-11 (past int16).
+// 2^-5 (shifts up to 5) and, at 8 bits with 4-bit group exponents, 2^0 to 2^-5 and 2^0 to
+// 2^-11 (past int16). One channel is all zero: its exponent (2^G - 1, 15 at G = 4) must not
+// widen the shifts.
 TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
     for (const auto &[w_format, spread] :
-         {std::pair<const char *, int>{"m3e0/g3/channel", 5}, {"m7e0/g4/channel", 11}}) {
+         {std::pair<const char *, int>{"m3e0/g3/channel", 5}, {"m7e0/g4/channel", 5}, {"m7e0/g4/channel", 11}}) {
         SCOPED_TRACE(w_format);
         const ConvShape s = make_shape(3, 5, 7, 13, 3, 2);
         const ConvGeometry g{int(s.stride), int(s.pad)};
         const Shape w_shape = {s.O, s.C, s.K, s.K}, e_shape = {s.N, s.O, s.out_h(), s.out_w()};
         Tensor w_float = random_tensor(w_shape, 31);
         const int64_t per_channel = s.C * s.K * s.K;
+        // An all-zero channel: the largest group exponent, which must not widen the shifts.
+        std::fill(w_float.data() + 3 * per_channel, w_float.data() + 4 * per_channel, 0.0f);
         for (int64_t k = 0; k < w_float.numel(); k++)
             w_float[k] = std::ldexp(w_float[k], -int((k / per_channel) % (spread + 1)));
         const QuantizedTensor w =
