@@ -61,6 +61,9 @@ Buffer<float> view_buffer(const Tensor &t, const View &v) {
 Buffer<uint8_t> mask_buffer(ReluMask &mask, const View &v) {
     return Buffer<uint8_t>(mask.data(), {v.plane, v.channels, v.samples});
 }
+Buffer<const uint8_t> mask_buffer(const ReluMask &mask, const View &v) {
+    return Buffer<const uint8_t>(mask.data(), {v.plane, v.channels, v.samples});
+}
 
 Buffer<float> channel_buffer(const Tensor &t) { return Buffer<float>(const_cast<float *>(t.data()), {int(t.size(0))}); }
 
@@ -220,7 +223,7 @@ void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluM
         require_channels(what, name, *t, v.channels);
     }
     auto g = view_buffer(dy, v), in = view_buffer(x, v);
-    auto out = mask_buffer(const_cast<ReluMask &>(mask), v);  // read only
+    auto out = mask_buffer(mask, v);
     auto m = channel_buffer(mean), s = channel_buffer(inv_std), a = channel_buffer(scale);
     auto di = view_buffer(dx, v), dr = view_buffer(dresidual, v);
     auto dg = channel_buffer(dgamma), db = channel_buffer(dbeta);
