@@ -46,6 +46,7 @@ nn::PrecisionPolicy policy_for(const std::string &mode) {
     p.body.activations = parse_format(mode + "/g3/sample");
     p.body.weights = parse_format(mode + "/g3/channel");
     p.body.errors = parse_format(mode + "/g3/sample");
+    p.unsigned_activations = true;  // as lowbit train's default
     return p;
 }
 

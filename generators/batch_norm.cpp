@@ -303,7 +303,7 @@ public:
         Expr index = element_index(i, c, n, input.dim(0).extent(), input.dim(1).extent());
         values(i, c, n) =
             quantized_value(y, tensor_scale, cast<int>(group_exponent(c, n)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};

@@ -37,6 +37,11 @@ inline constexpr int kMaxGroupBits = 8;
 constexpr int default_shift(int exponent_bits) { return exponent_bits == 0 ? 0 : exponent_bits == 1 ? 2 : 1; }
 
 struct Format {
+    // false for the unsigned variant (written with a leading `u`, e.g. `um4e0`): no sign bit,
+    // q = m * 2^(D x) >= 0, for tensors known to be non-negative (activations after a ReLU).
+    // Negative inputs round to 0, the nearest representable value. An extension of method.md's
+    // family (see docs/FORMATS.md): the bit the sign would take becomes a mantissa bit.
+    bool has_sign = true;
     int mantissa_bits = 3;  // M: unsigned mantissa m in [0, 2^M - 1]
     int exponent_bits = 0;  // E: exponent field x in [0, 2^E - 1]
     int shift = 0;          // D: bits shifted per exponent step
@@ -44,8 +49,8 @@ struct Format {
     GroupAxis axis = GroupAxis::none;
     int block = 0;  // K, for GroupAxis::block only
 
-    // b = 1 + E + M bits per element.
-    constexpr int bits() const { return 1 + exponent_bits + mantissa_bits; }
+    // b = 1 + E + M bits per element (E + M without a sign).
+    constexpr int bits() const { return int(has_sign) + exponent_bits + mantissa_bits; }
     constexpr int64_t mantissa_max() const { return (int64_t{1} << mantissa_bits) - 1; }
     // 2^E - 1: the largest exponent field, i.e. the number of shifts above the finest step.
     constexpr int exponent_steps() const { return (1 << exponent_bits) - 1; }
@@ -55,8 +60,8 @@ struct Format {
     constexpr bool fits_int8() const { return qmax() <= kInt8Qmax; }
 
     friend constexpr bool operator==(const Format &a, const Format &b) {
-        return a.mantissa_bits == b.mantissa_bits && a.exponent_bits == b.exponent_bits && a.shift == b.shift &&
-               a.group_bits == b.group_bits && a.axis == b.axis && a.block == b.block;
+        return a.has_sign == b.has_sign && a.mantissa_bits == b.mantissa_bits && a.exponent_bits == b.exponent_bits &&
+               a.shift == b.shift && a.group_bits == b.group_bits && a.axis == b.axis && a.block == b.block;
     }
     friend constexpr bool operator!=(const Format &a, const Format &b) { return !(a == b); }
 };
@@ -82,8 +87,9 @@ struct FormatAlias {
 };
 const std::vector<FormatAlias> &format_aliases();
 
-// The sorted set of representable element values q (negative ones included), each
-// q = sign * m * 2^(D x); duplicates (e.g. 2 * 2^0 = 1 * 2^1) appear once.
+// The sorted set of representable element values q (negative ones included unless the
+// format is unsigned), each q = sign * m * 2^(D x); duplicates (e.g. 2 * 2^0 = 1 * 2^1)
+// appear once.
 std::vector<int64_t> representable_values(const Format &format);
 
 // ---------------------------------------------------------------------------------------
@@ -177,11 +183,13 @@ typename Ops::Real group_scale(const typename Ops::Real &tensor_scale, const typ
 
 // u = v * qmax * 2^e_g / S, computed as (v * qmax) / (S * 2^-e_g): v * qmax is exact in
 // double for qmax < 2^29, S * 2^-e_g is exact, so u is the correctly rounded quotient and
-// exact ties stay ties.
+// exact ties stay ties. An unsigned format's set has nothing below 0, so a negative u is
+// clamped to 0: its nearest value and both its stochastic neighbours.
 template <class Ops>
 typename Ops::Real value_in_steps(const typename Ops::Real &v, const typename Ops::Real &qmax,
-                                  const typename Ops::Real &group_scale) {
-    return v * qmax / group_scale;
+                                  const typename Ops::Real &group_scale, const typename Ops::Bool &has_sign) {
+    const typename Ops::Real u = v * qmax / group_scale;
+    return Ops::select(has_sign, u, Ops::max(u, typename Ops::Real(0.0)));
 }
 
 // Dequantized value: q * group_scale / qmax, rounded once from double to float.
@@ -235,6 +243,7 @@ struct ScalarOps {
     using Real = double;
     using Int = int;
     using U32 = uint32_t;
+    using Bool = bool;
     template <class T>
     static T select(bool c, T a, T b) {
         return c ? a : b;
@@ -268,7 +277,7 @@ inline double group_scale(float tensor_scale, int group_exponent) {
 
 inline int64_t quantize_element(float v, const Format &f, double group_scale, Rounding rounding, uint32_t random) {
     if (group_scale == 0.0) return 0;
-    const double u = value_in_steps<ScalarOps>(v, double(f.qmax()), group_scale);
+    const double u = value_in_steps<ScalarOps>(v, double(f.qmax()), group_scale, f.has_sign);
     const double a = std::fabs(u);
     const double m = rounding == Rounding::nearest
                          ? round_magnitude_nearest<ScalarOps>(a, scalar_runtime(f))

@@ -11,6 +11,7 @@ struct HalideOps {
     using Real = Halide::Expr;  // Float(64)
     using Int = Halide::Expr;   // Int(32)
     using U32 = Halide::Expr;   // UInt(32)
+    using Bool = Halide::Expr;  // Bool()
     static Halide::Expr select(const Halide::Expr &c, const Halide::Expr &a, const Halide::Expr &b) {
         return Halide::select(c, a, b);
     }

@@ -165,7 +165,7 @@ public:
         Expr index = element_index(i, g, o, input.dim(0).extent(), input.dim(1).extent());
         values(i, g, o) =
             quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
@@ -193,7 +193,7 @@ public:
         Expr index = element_index(i, c, o, input.dim(0).extent(), input.dim(1).extent());
         values(i, c, o) =
             quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};

@@ -15,14 +15,14 @@ using namespace Halide;
 // Element values q, by nearest or stochastic rounding to the format's representable set.
 // The format arrives as runtime values (no library per format); the runtime checks it.
 struct FormatInputs {
-    Expr mantissa_max, exponent_steps, shift, qmax;
+    Expr mantissa_max, exponent_steps, shift, qmax, has_sign;
 };
 
 inline Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr &group_exponent, const FormatInputs &f,
                             const Expr &stochastic, const Expr &index, const Expr &key0, const Expr &key1) {
     const lowbit::FormatRuntime<HalideOps> format{f.mantissa_max, f.exponent_steps, f.shift};
     Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
-    Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale);
+    Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale, f.has_sign);
     Expr a = abs(u);
     Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
     Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
@@ -45,6 +45,7 @@ inline Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &
     Input<int> exponent_steps{"exponent_steps"}; \
     Input<int> shift_bits{"shift_bits"};         \
     Input<int> qmax{"qmax"};                     \
+    Input<bool> has_sign{"has_sign"};            \
     Input<bool> stochastic{"stochastic"};        \
     Input<uint32_t> key0{"key0"};                \
     Input<uint32_t> key1{"key1"};                \

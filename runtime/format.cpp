@@ -24,7 +24,7 @@ int read_number(const std::string &text, size_t &pos) {
 
 [[noreturn]] void bad_format(const std::string &text, const std::string &why) {
     throw std::invalid_argument(
-        fmt::format("bad format '{}': {}. Expected m<M>e<E>[d<D>] or an alias (fx2..fx8, sfx3..sfx8), "
+        fmt::format("bad format '{}': {}. Expected [u]m<M>e<E>[d<D>] or an alias (fx2..fx8, sfx3..sfx8, ufx2..ufx8), "
                     "then optionally /none or /g<G>/sample, /g<G>/channel, /g<G>/block<K> "
                     "(see docs/FORMATS.md)",
                     text, why));
@@ -36,7 +36,12 @@ Format parse_element(const std::string &whole, const std::string &text) {
     }
     Format f;
     size_t pos = 0;
-    if (pos >= text.size() || text[pos++] != 'm') bad_format(whole, "element part must start with 'm' or be an alias");
+    if (pos < text.size() && text[pos] == 'u') {
+        f.has_sign = false;
+        pos++;
+    }
+    if (pos >= text.size() || text[pos++] != 'm')
+        bad_format(whole, "element part must start with 'm' or 'um' or be an alias");
     f.mantissa_bits = read_number(text, pos);
     if (f.mantissa_bits < 0) bad_format(whole, "missing mantissa bits after 'm'");
     if (pos >= text.size() || text[pos++] != 'e') bad_format(whole, "missing 'e<E>' after the mantissa bits");
@@ -57,9 +62,10 @@ Format parse_element(const std::string &whole, const std::string &text) {
 
 const std::vector<FormatAlias> &format_aliases() {
     static const std::vector<FormatAlias> aliases = {
-        {"fx2", "m1e0"},  {"fx3", "m2e0"},  {"fx4", "m3e0"},  {"fx5", "m4e0"},  {"fx6", "m5e0"},
-        {"fx7", "m6e0"},  {"fx8", "m7e0"},  {"sfx3", "m1e1"}, {"sfx4", "m2e1"}, {"sfx5", "m3e1"},
-        {"sfx6", "m4e1"}, {"sfx7", "m5e1"}, {"sfx8", "m6e1"},
+        {"fx2", "m1e0"},   {"fx3", "m2e0"},   {"fx4", "m3e0"},   {"fx5", "m4e0"},   {"fx6", "m5e0"},
+        {"fx7", "m6e0"},   {"fx8", "m7e0"},   {"sfx3", "m1e1"},  {"sfx4", "m2e1"},  {"sfx5", "m3e1"},
+        {"sfx6", "m4e1"},  {"sfx7", "m5e1"},  {"sfx8", "m6e1"},  {"ufx2", "um2e0"}, {"ufx3", "um3e0"},
+        {"ufx4", "um4e0"}, {"ufx5", "um5e0"}, {"ufx6", "um6e0"}, {"ufx7", "um7e0"}, {"ufx8", "um8e0"},
     };
     return aliases;
 }
@@ -90,8 +96,8 @@ void validate(const Format &f) {
     const std::string name = to_string(f);
     if (f.mantissa_bits < 1) throw std::invalid_argument(fmt::format("format {}: M must be at least 1", name));
     if (f.exponent_bits < 0 || f.bits() > 16)
-        throw std::invalid_argument(
-            fmt::format("format {}: 1 + E + M = {} bits, at most 16 supported", name, f.bits()));
+        throw std::invalid_argument(fmt::format("format {}: {}E + M = {} bits, at most 16 supported", name,
+                                                f.has_sign ? "1 + " : "", f.bits()));
     if (f.exponent_bits > 0 && f.shift < 1)
         throw std::invalid_argument(fmt::format("format {}: the shift D must be at least 1", name));
     if (f.mantissa_bits + int64_t(f.shift) * f.exponent_steps() > 52)
@@ -146,7 +152,7 @@ Format parse_format(const std::string &text) {
 }
 
 std::string to_string(const Format &f) {
-    std::string s = fmt::format("m{}e{}", f.mantissa_bits, f.exponent_bits);
+    std::string s = fmt::format("{}m{}e{}", f.has_sign ? "" : "u", f.mantissa_bits, f.exponent_bits);
     if (f.exponent_bits > 0 && f.shift != default_shift(f.exponent_bits)) s += fmt::format("d{}", f.shift);
     switch (f.axis) {
         case GroupAxis::none:
@@ -167,8 +173,10 @@ std::vector<int64_t> representable_values(const Format &f) {
         for (int64_t m = 0; m <= f.mantissa_max(); m++) magnitudes.insert(m << (f.shift * x));
     }
     std::vector<int64_t> values;
-    for (auto it = magnitudes.rbegin(); it != magnitudes.rend(); ++it) {
-        if (*it != 0) values.push_back(-*it);
+    if (f.has_sign) {
+        for (auto it = magnitudes.rbegin(); it != magnitudes.rend(); ++it) {
+            if (*it != 0) values.push_back(-*it);
+        }
     }
     values.insert(values.end(), magnitudes.begin(), magnitudes.end());
     return values;

@@ -175,7 +175,7 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
     Buffer<int8_t> values(q.values.data(), {v.plane, v.channels, v.samples});
     const RandomKey key = random_key(seed, step, tensor_id);
     kernels::batch_norm_relu_quantize(in, a, b, exponent_grid, q.scale, int(format.mantissa_max()),
-                                      format.exponent_steps(), format.shift, int(format.qmax()),
+                                      format.exponent_steps(), format.shift, int(format.qmax()), format.has_sign,
                                       rounding == Rounding::stochastic, key.k0, key.k1, values);
 }
 

@@ -163,12 +163,12 @@ void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &forma
     Buffer<int8_t> values = view_3d(q.values.data(), q.view);
     if (q.view.blocked) {
         kernels::quantize_values_block(input.raw_buffer(), exponents.raw_buffer(), q.view.block, q.scale, mantissa_max,
-                                       format.exponent_steps(), format.shift, qmax, stochastic, key.k0, key.k1,
-                                       values.raw_buffer());
+                                       format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
+                                       key.k1, values.raw_buffer());
     } else {
         kernels::quantize_values(input.raw_buffer(), exponents.raw_buffer(), q.scale, mantissa_max,
-                                 format.exponent_steps(), format.shift, qmax, stochastic, key.k0, key.k1,
-                                 values.raw_buffer());
+                                 format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
+                                 key.k1, values.raw_buffer());
     }
 }
 

@@ -13,17 +13,20 @@ namespace {
 // Every element format with at most 8 bits that the family supports.
 std::vector<Format> formats_up_to_8_bits() {
     std::vector<Format> all;
-    for (int bits = 2; bits <= 8; bits++) {
-        for (int e = 0; e + 2 <= bits; e++) {
-            for (int d = 1; d <= (e == 0 ? 1 : 3); d++) {
-                Format f;
-                f.mantissa_bits = bits - 1 - e;
-                f.exponent_bits = e;
-                f.shift = e == 0 ? 0 : d;
-                try {
-                    validate(f);
-                    all.push_back(f);
-                } catch (const std::invalid_argument &) {
+    for (bool has_sign : {true, false}) {
+        for (int bits = 2; bits <= 8; bits++) {
+            for (int e = 0; e + int(has_sign) + 1 <= bits; e++) {
+                for (int d = 1; d <= (e == 0 ? 1 : 3); d++) {
+                    Format f;
+                    f.has_sign = has_sign;
+                    f.mantissa_bits = bits - int(has_sign) - e;
+                    f.exponent_bits = e;
+                    f.shift = e == 0 ? 0 : d;
+                    try {
+                        validate(f);
+                        all.push_back(f);
+                    } catch (const std::invalid_argument &) {
+                    }
                 }
             }
         }
@@ -31,7 +34,7 @@ std::vector<Format> formats_up_to_8_bits() {
     return all;
 }
 
-reference::ElementFormat ref(const Format &f) { return {f.mantissa_bits, f.exponent_bits, f.shift}; }
+reference::ElementFormat ref(const Format &f) { return {f.mantissa_bits, f.exponent_bits, f.shift, f.has_sign}; }
 
 TEST(FormatGrammar, ParsesElementAndGroupParts) {
     const Format a = parse_format("m3e0");
@@ -61,6 +64,16 @@ TEST(FormatGrammar, ParsesElementAndGroupParts) {
     EXPECT_EQ(k.block, 32);
     EXPECT_EQ(k.group_bits, 8);
     EXPECT_EQ(parse_format("m3e0/none"), parse_format("m3e0"));
+
+    // The unsigned variant: the sign bit becomes a mantissa bit.
+    const Format u = parse_format("um4e0/g3/sample");
+    EXPECT_FALSE(u.has_sign);
+    EXPECT_EQ(u.bits(), 4);
+    EXPECT_EQ(u.qmax(), 15);
+    EXPECT_EQ(u.axis, GroupAxis::sample);
+    EXPECT_EQ(parse_format("um2e2").bits(), 4);
+    EXPECT_EQ(parse_format("um2e2").qmax(), 24);
+    EXPECT_NE(parse_format("um3e0"), parse_format("m3e0"));
 }
 
 TEST(FormatGrammar, AliasesAndRoundTrip) {
@@ -68,8 +81,10 @@ TEST(FormatGrammar, AliasesAndRoundTrip) {
     EXPECT_EQ(parse_format("fx4"), parse_format("m3e0"));
     EXPECT_EQ(parse_format("fx2"), parse_format("m1e0"));
     EXPECT_EQ(parse_format("sfx4"), parse_format("m2e1d2"));
-    for (const char *text :
-         {"m3e0", "m2e1", "m3e1d3", "m1e2", "m1e2d2", "m3e0/g3/sample", "m2e1/g2/channel", "m7e0/g8/block32"}) {
+    EXPECT_EQ(parse_format("ufx4"), parse_format("um4e0"));
+    EXPECT_EQ(parse_format("ufx8").qmax(), 255);
+    for (const char *text : {"m3e0", "m2e1", "m3e1d3", "m1e2", "m1e2d2", "m3e0/g3/sample", "m2e1/g2/channel",
+                             "m7e0/g8/block32", "um4e0/g3/sample", "um2e2d2"}) {
         EXPECT_EQ(to_string(parse_format(text)), text);
     }
     for (const Format &f : formats_up_to_8_bits()) EXPECT_EQ(parse_format(to_string(f)), f);
@@ -95,7 +110,14 @@ TEST(FormatGrammar, RejectsBadInputWithTheText) {
                              "m3e0x",
                              "m3e1d0",
                              "fx9",
-                             "m20e0"}) {
+                             "m20e0",
+                             "u",
+                             "um",
+                             "uum3e0",
+                             "ux3e0",
+                             "um0e1",
+                             "um17e0",
+                             "ufx9"}) {
         try {
             parse_format(text);
             ADD_FAILURE() << "accepted '" << text << "'";
@@ -117,6 +139,7 @@ TEST(RepresentableValues, MatchTheEnumerationOfMethodMd) {
     EXPECT_EQ(representable_values(parse_format("m2e1")),
               (std::vector<int64_t>{-12, -8, -4, -3, -2, -1, 0, 1, 2, 3, 4, 8, 12}));
     EXPECT_EQ(representable_values(parse_format("m1e2")), (std::vector<int64_t>{-8, -4, -2, -1, 0, 1, 2, 4, 8}));
+    EXPECT_EQ(representable_values(parse_format("um2e1")), (std::vector<int64_t>{0, 1, 2, 3, 4, 8, 12}));
 }
 
 // The host rounding (the same templates the kernels instantiate) picks the closest value
@@ -132,6 +155,7 @@ TEST(HostRounding, NearestPicksTheClosestValueForEveryFormat) {
             for (double t : {0.0, 0.25, 0.4999, 0.5, 0.5001, 0.75}) units.push_back(lo + t * (hi - lo));
         }
         units.push_back(qmax);
+        for (double u : {-qmax, -0.5, -0.3}) units.push_back(u);  // unsigned formats: all to 0
         for (double u : units) {
             const float v = float(u / qmax);  // S = 1, e = 0
             const int64_t expected = reference::round_nearest(v, 1.0f, 0, ref(f), set);
@@ -142,7 +166,7 @@ TEST(HostRounding, NearestPicksTheClosestValueForEveryFormat) {
 
 TEST(HostRounding, StochasticGivesOnlyTheNeighbours) {
     std::mt19937 rng(7);
-    for (const char *name : {"m3e0", "m2e1", "m1e2", "m4e2", "m3e1d3"}) {
+    for (const char *name : {"m3e0", "m2e1", "m1e2", "m4e2", "m3e1d3", "um4e0", "um2e1"}) {
         const Format f = parse_format(name);
         const std::vector<int64_t> set = reference::representable(ref(f));
         std::uniform_real_distribution<float> dist(-1.0f, 1.0f);

@@ -74,7 +74,7 @@ void finish(Buffer<T> &b) {
 
 TEST_F(GpuSchedules, QuantizeMatchesCpu) {
     const Tensor x = random_tensor({6, 5, 7, 3}, 1);
-    for (const char *name : {"m3e0/g3/sample", "m1e2/g2/channel", "m2e1/g3/block2"}) {
+    for (const char *name : {"m3e0/g3/sample", "m1e2/g2/channel", "m2e1/g3/block2", "um4e0/g3/sample"}) {
         for (Rounding r : {Rounding::nearest, Rounding::stochastic}) {
             SCOPED_TRACE(std::string(name) + " " + to_string(r));
             const Format f = parse_format(name);
@@ -89,14 +89,15 @@ TEST_F(GpuSchedules, QuantizeMatchesCpu) {
                 Buffer<uint8_t> eb =
                     host(e.data(), {int(v.inner), int((v.groups + v.block - 1) / v.block), int(v.outer)});
                 ASSERT_EQ(quantize_values_block_opencl(in, eb, v.block, cpu.scale, int(f.mantissa_max()),
-                                                       f.exponent_steps(), f.shift, int(f.qmax()),
+                                                       f.exponent_steps(), f.shift, int(f.qmax()), f.has_sign,
                                                        r == Rounding::stochastic, key.k0, key.k1, out),
                           0);
             } else {
                 Buffer<uint8_t> eb = host(e.data(), {int(v.groups)});
-                ASSERT_EQ(quantize_values_opencl(in, eb, cpu.scale, int(f.mantissa_max()), f.exponent_steps(), f.shift,
-                                                 int(f.qmax()), r == Rounding::stochastic, key.k0, key.k1, out),
-                          0);
+                ASSERT_EQ(
+                    quantize_values_opencl(in, eb, cpu.scale, int(f.mantissa_max()), f.exponent_steps(), f.shift,
+                                           int(f.qmax()), f.has_sign, r == Rounding::stochastic, key.k0, key.k1, out),
+                    0);
                 // The scale pass too.
                 std::vector<uint8_t> e_gpu(e.size());
                 Buffer<uint8_t> egb(e_gpu.data(), {int(v.groups)});

@@ -155,6 +155,32 @@ TEST(NetworkGradient, QuantizedLinearAndFloatFirstLastFollowFloat32) {
     EXPECT_TRUE(first_last.conv().low_bit);
 }
 
+// Layers after a ReLU take the unsigned activation format of the same width: twice the levels
+// for the same bits, so the gradients come closer to float32's. The first layer (a signed
+// image) keeps the signed format, and an 8-bit format whose unsigned variant would not fit
+// int8 stays as it is.
+TEST(NetworkGradient, UnsignedActivationsAfterReluFollowFloat32Closer) {
+    PrecisionPolicy policy = four_bit();
+    policy.unsigned_activations = true;
+    EXPECT_EQ(policy.conv().activations, parse_format("um4e0/g3/sample"));
+    EXPECT_EQ(policy.first_conv().activations, parse_format("m3e0/g3/sample"));
+    EXPECT_EQ(policy.conv().weights, parse_format("m3e0/g3/channel"));
+    EXPECT_EQ(policy.conv().errors, parse_format("m3e0/g3/sample"));
+    EXPECT_EQ(unsigned_same_bits(parse_format("m1e2/g3/sample")), parse_format("um2e2/g3/sample"));
+    EXPECT_EQ(unsigned_same_bits(parse_format("m7e0")), parse_format("m7e0"));
+
+    const Shape image = {1, 16, 16};
+    const Problem p = random_problem(16, image, 3, 9);
+    Network reference("resnet8", image, 3, PrecisionPolicy::float32(), 3);
+    const std::vector<float> want = gradient_of(reference, p);
+    Network signed_net("resnet8", image, 3, four_bit(), 3), unsigned_net("resnet8", image, 3, policy, 3);
+    const double signed_cosine = cosine(gradient_of(signed_net, p), want);
+    const double unsigned_cosine = cosine(gradient_of(unsigned_net, p), want);
+    std::cout << "cosine to float32: signed 4-bit activations " << signed_cosine << ", unsigned " << unsigned_cosine
+              << "\n";
+    EXPECT_GT(unsigned_cosine, signed_cosine);
+}
+
 TEST(Network, RejectsUnknownModelsAndSizes) {
     EXPECT_THROW(Network("resnet21", {1, 32, 32}, 10, PrecisionPolicy::float32(), 1), std::invalid_argument);
     EXPECT_THROW(Network("alexnet", {1, 32, 32}, 10, PrecisionPolicy::float32(), 1), std::invalid_argument);

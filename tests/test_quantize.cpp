@@ -20,7 +20,7 @@
 namespace lowbit {
 namespace {
 
-reference::ElementFormat ref(const Format &f) { return {f.mantissa_bits, f.exponent_bits, f.shift}; }
+reference::ElementFormat ref(const Format &f) { return {f.mantissa_bits, f.exponent_bits, f.shift, f.has_sign}; }
 
 std::vector<Format> int8_formats_up_to_8_bits() {
     std::vector<Format> all;
@@ -35,6 +35,10 @@ std::vector<Format> int8_formats_up_to_8_bits() {
     }
     all.push_back(parse_format("m3e1d3"));
     all.push_back(parse_format("m1e1d6"));
+    // The unsigned variants that fit int8 (q up to 127).
+    for (const char *name : {"um1e0", "um2e0", "um4e0", "um7e0", "um2e1", "um3e1", "um1e2", "um2e2", "um4e1d2"}) {
+        all.push_back(parse_format(name));
+    }
     return all;
 }
 
@@ -205,7 +209,7 @@ TEST(Dequantize, IsQTimesGroupScaleOverQmax) {
 // of u, at many u, on uniform and uneven (E > 0) grids; only the two neighbours come out.
 TEST(StochasticRounding, IsUnbiasedAndStaysOnTheNeighbours) {
     constexpr int64_t n = 1000000;
-    for (const char *name : {"m3e0", "m2e1", "m1e2", "m4e2", "m3e1d3"}) {
+    for (const char *name : {"m3e0", "m2e1", "m1e2", "m4e2", "m3e1d3", "um4e0", "um2e2"}) {
         const Format f = parse_format(name);
         const std::vector<int64_t> set = reference::representable(ref(f));
         const double qmax = double(f.qmax());
@@ -217,7 +221,8 @@ TEST(StochasticRounding, IsUnbiasedAndStaysOnTheNeighbours) {
             for (int64_t k = 0; k < n; k++) x[k] = v;
             x[n] = 1.0f;  // S = 1
             const QuantizedTensor q = quantize(x, f, Rounding::stochastic, 1234, 7, 3);
-            const long double exact_u = (long double)v * qmax;
+            // An unsigned format has nothing below 0: negative values all go to 0.
+            const long double exact_u = f.has_sign ? (long double)v * qmax : std::max((long double)v * qmax, 0.0L);
             int64_t lo, hi;
             reference::neighbours(exact_u, set, lo, hi);
             double sum = 0;
@@ -256,7 +261,8 @@ TEST(Determinism, ThreadsAndVariantsGiveIdenticalResults) {
     std::cout << "variants this CPU runs:";
     for (Isa isa : isas) std::cout << " " << to_string(isa);
     std::cout << "\n";
-    for (const char *name : {"m3e0", "m2e1/g3/sample", "m1e2/g2/channel", "m4e2/g4/block4", "m6e0/g3/block5"}) {
+    for (const char *name :
+         {"m3e0", "m2e1/g3/sample", "m1e2/g2/channel", "m4e2/g4/block4", "m6e0/g3/block5", "um4e0/g3/sample"}) {
         for (Rounding r : {Rounding::nearest, Rounding::stochastic}) {
             SCOPED_TRACE(std::string(name) + " " + to_string(r));
             std::optional<QuantizedTensor> first;
@@ -295,7 +301,8 @@ TEST(Dispatch, ReportsHalideErrorsWithTheirMessage) {
     Halide::Runtime::Buffer<uint8_t> eb(e.data(), {4});
     Halide::Runtime::Buffer<int8_t> ob(out.data(), {2, 4, 1});
     try {
-        kernels::quantize_values(ib.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, false, 0u, 0u, ob.raw_buffer());
+        kernels::quantize_values(ib.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, true, false, 0u, 0u,
+                                 ob.raw_buffer());
         // Halide computes only the output's region, so a smaller output is legal: check it ran.
         EXPECT_TRUE(kernels::quantize_values.last_isa().has_value());
     } catch (const KernelError &) {
@@ -304,7 +311,7 @@ TEST(Dispatch, ReportsHalideErrorsWithTheirMessage) {
     Halide::Runtime::Buffer<int8_t> too_big(out.data(), {8, 1, 1});
     Halide::Runtime::Buffer<const float> small(in.data(), {4, 1, 1});
     try {
-        kernels::quantize_values(small.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, false, 0u, 0u,
+        kernels::quantize_values(small.raw_buffer(), eb.raw_buffer(), 1.0f, 7, 0, 0, 7, true, false, 0u, 0u,
                                  too_big.raw_buffer());
         FAIL() << "an input smaller than the output was accepted";
     } catch (const KernelError &err) {

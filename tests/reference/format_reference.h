@@ -12,6 +12,7 @@ namespace lowbit::reference {
 
 struct ElementFormat {
     int M, E, D;
+    bool has_sign = true;  // false: the unsigned variant, q = m * 2^(D x) >= 0 only
     int64_t qmax() const {
         int64_t top = 0;
         for (int x = 0; x < (1 << E); x++) top = std::max(top, ((int64_t{1} << M) - 1) << (D * x));
@@ -20,12 +21,14 @@ struct ElementFormat {
 };
 
 // Section 2: q = sign * m * 2^(D x), x in [0, 2^E - 1], m in [0, 2^M - 1]; sorted, unique.
+// The unsigned variant has no negative values, so a negative u rounds to 0 (the nearest, and
+// both neighbours) with no special case below.
 inline std::vector<int64_t> representable(const ElementFormat &f) {
     std::set<int64_t> s;
     for (int x = 0; x < (1 << f.E); x++) {
         for (int64_t m = 0; m < (int64_t{1} << f.M); m++) {
             s.insert(m << (f.D * x));
-            s.insert(-(m << (f.D * x)));
+            if (f.has_sign) s.insert(-(m << (f.D * x)));
         }
     }
     return {s.begin(), s.end()};

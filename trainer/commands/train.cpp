@@ -42,6 +42,9 @@ Run add_train(CLI::App &app) {
     cmd->add_option("--a-rounding", c.a_rounding, "nearest or stochastic");
     cmd->add_option("--w-rounding", c.w_rounding, "nearest or stochastic");
     cmd->add_option("--e-rounding", c.e_rounding, "nearest or stochastic");
+    cmd->add_option("--unsigned-activations", c.unsigned_activations,
+                    "after a ReLU, activations drop the sign bit for a mantissa bit: m3e0 becomes um4e0 "
+                    "(true/false)");
     cmd->add_flag("--float-first-last", c.float_first_last, "keep the first convolution and the classifier float32");
     cmd->add_flag("--quantize-linear", c.quantize_linear, "run linear layers on the integer kernels too");
     cmd->add_option("--epochs", c.epochs, "epochs to train");

@@ -39,6 +39,14 @@ std::string describe(const LayerPrecision &p) {
                        to_string(p.error_rounding));
 }
 
+std::string describe(const PrecisionPolicy &p) {
+    std::string s = describe(p.body);
+    if (!p.body.low_bit) return s;
+    if (p.conv().activations != p.body.activations) s += ", after a ReLU A=" + to_string(p.conv().activations);
+    if (p.float_first_last) s += ", first conv and classifier float32";
+    return s;
+}
+
 // ---------------------------------------------------------------------------------------
 Conv2d::Conv2d(int in_channels, int out_channels, int kernel, int stride, int pad, LayerPrecision precision,
                uint32_t id)

@@ -26,6 +26,7 @@ void for_each_field(TrainConfig &c, F f) {
     f("a_rounding", c.a_rounding);
     f("w_rounding", c.w_rounding);
     f("e_rounding", c.e_rounding);
+    f("unsigned_activations", c.unsigned_activations);
     f("float_first_last", c.float_first_last);
     f("quantize_linear", c.quantize_linear);
     f("epochs", c.epochs);
@@ -91,6 +92,12 @@ void TrainConfig::validate() const {
         if (!f.fits_int8())
             throw std::invalid_argument(
                 fmt::format("{} {}: qmax {} > 127 does not fit the int8 kernels", name, text, f.qmax()));
+        if (!f.has_sign)
+            throw std::invalid_argument(fmt::format(
+                "{} {}: give a signed format here (the first layer's input, the weights and the errors are "
+                "signed); unsigned_activations (on by default) uses the activation format's unsigned variant "
+                "of the same width after ReLUs",
+                name, text));
     }
     for (const auto &[name, text] :
          {std::pair{"a_rounding", a_rounding}, {"w_rounding", w_rounding}, {"e_rounding", e_rounding}}) {
@@ -110,6 +117,7 @@ nn::PrecisionPolicy TrainConfig::policy() const {
     nn::PrecisionPolicy p;
     p.float_first_last = float_first_last;
     p.quantize_linear = quantize_linear;
+    p.unsigned_activations = unsigned_activations;
     if (precision == "float32") return p;
     p.body.low_bit = true;
     p.body.activations = parse_format(a_format);

@@ -22,6 +22,8 @@ struct TrainConfig {
     std::string w_format = "m3e0/g3/channel";
     std::string e_format = "m1e2/g3/sample";
     std::string a_rounding = "nearest", w_rounding = "nearest", e_rounding = "stochastic";
+    // Layers after a ReLU take the unsigned activation format of the same width (m3e0 -> um4e0).
+    bool unsigned_activations = true;
     bool float_first_last = false;  // keep the first convolution and the classifier in float32
     bool quantize_linear = false;   // also run the linear layers on the integer kernels
     int epochs = 30;

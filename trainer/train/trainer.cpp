@@ -282,7 +282,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
     write_text((folder / "config.json").string(), to_json(config).dump(2) + "\n");
     progress.line(fmt::format("{}: {} parameters, {:.1f} M multiply-adds per image, {} on {} ({} train / {} test)",
                               config.model, net.parameters().total_size(), double(net.multiply_adds()) / 1e6,
-                              describe(config.policy().body), config.data, train_set.size(), test_set.size()));
+                              describe(config.policy()), config.data, train_set.size(), test_set.size()));
     progress.set_batch_images(double(config.batch));
 
     const auto start = Clock::now();
@@ -342,7 +342,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
     const EpochMetrics &last = result.epochs.back();
     const nlohmann::json summary = {{"model", config.model},
                                     {"data", config.data},
-                                    {"precision", describe(config.policy().body)},
+                                    {"precision", describe(config.policy())},
                                     {"epochs", config.epochs},
                                     {"test_accuracy", last.test_accuracy},
                                     {"test_loss", last.test_loss},
