@@ -34,14 +34,16 @@ struct Options {
     int batch = 128;
 };
 
-// Every element format with at most `max_bits` bits that the family supports, by bits.
-std::vector<Format> element_formats(int max_bits) {
+// Every signed (or unsigned) element format with at most `max_bits` bits that the family
+// supports, by bits.
+std::vector<Format> element_formats(int max_bits, bool has_sign = true) {
     std::vector<Format> formats;
     for (int bits = 2; bits <= max_bits; bits++) {
-        for (int e = 0; e + 2 <= bits; e++) {
+        for (int e = 0; e + int(has_sign) + 1 <= bits; e++) {
             Format f;
+            f.has_sign = has_sign;
             f.exponent_bits = e;
-            f.mantissa_bits = bits - 1 - e;
+            f.mantissa_bits = bits - int(has_sign) - e;
             f.shift = default_shift(e);
             try {
                 validate(f);
@@ -56,11 +58,12 @@ std::vector<Format> element_formats(int max_bits) {
 
 std::string values_text(const Format &f, size_t max_shown) {
     const std::vector<int64_t> v = representable_values(f);
-    std::vector<int64_t> nonneg(v.begin() + int64_t(v.size() / 2), v.end());
-    if (nonneg.size() <= max_shown) return fmt::format("±{{{}}}", fmt::join(nonneg, ", "));
+    std::vector<int64_t> nonneg(v.begin() + int64_t(f.has_sign ? v.size() / 2 : 0), v.end());
+    const char *sign = f.has_sign ? "±" : "";
+    if (nonneg.size() <= max_shown) return fmt::format("{}{{{}}}", sign, fmt::join(nonneg, ", "));
     std::vector<int64_t> head(nonneg.begin(), nonneg.begin() + int64_t(max_shown / 2));
     std::vector<int64_t> tail(nonneg.end() - int64_t(max_shown / 2), nonneg.end());
-    return fmt::format("±{{{}, …, {}}}", fmt::join(head, ", "), fmt::join(tail, ", "));
+    return fmt::format("{}{{{}, …, {}}}", sign, fmt::join(head, ", "), fmt::join(tail, ", "));
 }
 
 std::string alias_of(const Format &f) {
@@ -78,7 +81,13 @@ int print_table(bool markdown) {
         fmt::print("{:<8} {:<6} {:>4} {:>12} {:>7} {:>5}  {}\n", "format", "alias", "bits", "qmax", "values", "int8",
                    "magnitudes");
     }
-    for (const Format &f : element_formats(8)) {
+    // The unsigned variants only where the int8 kernels take them: the others are wide
+    // formats no layer uses.
+    std::vector<Format> formats = element_formats(8);
+    for (const Format &f : element_formats(8, /*has_sign=*/false)) {
+        if (f.fits_int8()) formats.push_back(f);
+    }
+    for (const Format &f : formats) {
         const size_t count = representable_values(f).size();
         if (markdown) {
             fmt::print("| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", to_string(f), alias_of(f), f.bits(),
@@ -95,8 +104,8 @@ int print_table(bool markdown) {
 int describe(const Format &f) {
     const std::vector<int64_t> v = representable_values(f);
     fmt::print("format      {}\n", to_string(f));
-    fmt::print("element     sign + {} exponent bits + {} mantissa bits = {} bits", f.exponent_bits, f.mantissa_bits,
-               f.bits());
+    fmt::print("element     {} + {} exponent bits + {} mantissa bits = {} bits",
+               f.has_sign ? "sign" : "no sign (q >= 0)", f.exponent_bits, f.mantissa_bits, f.bits());
     if (f.exponent_bits > 0) fmt::print(", shift D = {}", f.shift);
     fmt::print("\nqmax        {}\n", f.qmax());
     if (f.axis == GroupAxis::none) {
