@@ -10,6 +10,9 @@
 int main(int argc, char **argv) {
     CLI::App app{"lowbit: train CNNs with low-bit (2 to 8 bit) fixed-point convolutions"};
     app.require_subcommand(1);
+    // Options of the program (--threads, --isa) may also follow the subcommand, as in
+    // `lowbit train --threads 2`: subcommands pass what they do not know up to here.
+    app.fallthrough();
     std::string isa;
     app.add_option("--isa", isa, "Force a kernel variant: avx512_vnni, avx2 or baseline (default: best for this CPU)");
     int threads = 0;

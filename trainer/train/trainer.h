@@ -1,6 +1,6 @@
 // The training loop: data, network, SGD and schedule; per epoch a test evaluation, a row of
 // metrics.csv and an atomically written checkpoint; config.json and summary.json in the run
-// folder. Every result is a function of the configuration and the thread count alone.
+// folder. Every result is a function of the configuration alone (not of the thread count: tested).
 #pragma once
 
 #include <cstdint>
