@@ -109,7 +109,9 @@ TEST(Training, ResumingContinuesExactlyAsTheUninterruptedRun) {
     // The settings come from the checkpoint: what the resuming call asks for does not matter.
     TrainConfig asked = tiny_run(dir + "/parts", 30);
     asked.lr = 7;
-    const TrainResult resumed = run_training(asked, true, {true});
+    RunOptions one_thread{true};
+    one_thread.resume_threads = 1;  // allowed to change, and exact
+    const TrainResult resumed = run_training(asked, true, one_thread);
     expect_same_learning(whole.epochs, resumed.epochs);
     EXPECT_EQ(load_checkpoint(dir + "/whole/checkpoint.ckpt").arrays,
               load_checkpoint(dir + "/parts/checkpoint.ckpt").arrays);

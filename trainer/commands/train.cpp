@@ -62,7 +62,8 @@ Run add_train(CLI::App &app) {
                     "run folder for config.json, metrics.csv, checkpoint.ckpt, summary.json (default: a new "
                     "runs/MODEL-PRECISION-DATE-TIME)");
     cmd->add_flag("--resume", options->resume,
-                  "continue the run in --out from its checkpoint, with its settings (--epochs may extend it)");
+                  "continue the run in --out from its checkpoint, with its settings (--epochs may extend it, "
+                  "--threads change)");
     cmd->add_flag("--quiet", options->quiet, "no progress output");
     return [options, cmd, &app]() {
         train::TrainConfig config = options->config;
@@ -88,6 +89,7 @@ Run add_train(CLI::App &app) {
         run.quiet = options->quiet;
         // On --resume the checkpoint's settings hold; an explicit --epochs extends the run.
         if (options->resume && cmd->get_option("--epochs")->count() > 0) run.resume_epochs = config.epochs;
+        if (options->resume && app.get_option("--threads")->count() > 0) run.resume_threads = config.threads;
         train::run_training(config, options->resume, run);
         return 0;
     };

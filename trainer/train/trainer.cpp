@@ -237,6 +237,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
         resumed = load_checkpoint(checkpoint_path);
         update_from_json(config, resumed.meta.at("config"), checkpoint_path);
         if (run_options.resume_epochs > 0) config.epochs = run_options.resume_epochs;
+        if (run_options.resume_threads > 0) config.threads = run_options.resume_threads;
         config.out = folder.string();
     } else if (fs::exists(folder / kCheckpointName) || fs::exists(folder / "metrics.csv")) {
         throw std::runtime_error(

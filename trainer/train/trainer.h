@@ -42,11 +42,14 @@ struct RunOptions {
     // With resume: train to this many epochs instead of the checkpoint's own (0). A different
     // count stretches the learning-rate schedule, so the continuation is no longer exact.
     int resume_epochs = 0;
+    // With resume: run on this many threads instead of the checkpoint's (0). Exact: results do
+    // not depend on the thread count.
+    int resume_threads = 0;
 };
 
 // Trains as `config` says into config.out. A folder that already holds a run is refused unless
 // `resume`, which continues from its checkpoint.ckpt (the configuration comes from there; only
-// the epoch count may change, through RunOptions::resume_epochs). Throws std::runtime_error /
+// the epoch count and the threads may change, through RunOptions). Throws std::runtime_error /
 // std::invalid_argument naming what is wrong.
 TrainResult run_training(const TrainConfig &config, bool resume, const RunOptions &progress = {});
 
