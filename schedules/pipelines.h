@@ -46,6 +46,7 @@ namespace lowbit::schedules {
 struct ConvParams {
     int vector_width = 0;   // lanes of the vectorized output axis; 0 = the target's natural width
     int tile_x = 1;         // vectors of outputs along x per register tile (forward, backward-data)
+    int tile_y = 1;         // rows of outputs per register tile (forward, backward-data)
     int tile_channels = 4;  // channels per register tile (o in forward, c in the others)
     int gpu_threads = 64;   // threads per block on GPU targets
 };

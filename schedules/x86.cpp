@@ -115,38 +115,44 @@ namespace lowbit::schedules::x86 {
 // backward-data 72-85 at stride 1 (0.41-0.48), 17-29 at stride 2; float32 forward 19-51
 // (0.2-0.55 of the FMA peak). AVX-512 VNNI: not measured (no such CPU at hand).
 //   - each thread takes (output-channel tile, sample) pairs;
-//   - the output is tiled as (v * tile_x x positions) x (tile_channels channels); the
-//     accumulators of one tile live in registers for the whole reduction;
+//   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
+//     channels); the accumulators of one tile live in registers for the whole reduction
+//     (rows, not wider x tiles, keep an 8x8 map's vectors full);
 //   - the reduction runs channel pairs innermost, so (pair, v positions) is one 2v-lane
 //     widening multiply reduced by pairs: pmaddwd;
 //   - operands are packed once per call (compute_root), in parallel over samples.
 void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &target) {
     const Type acc_type = p.accumulator.value().type();
     const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
-    const int tile_x = std::max(1, params.tile_x), tile_k = std::max(1, params.tile_channels);
+    const int tile_x = std::max(1, params.tile_x), tile_y = std::max(1, params.tile_y);
+    const int tile_k = std::max(1, params.tile_channels);
     const RDom &r = p.reduction;
-    Var xo("xo"), xi("xi"), ko("ko"), ki("ki"), task("task");
+    Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
 
     p.output.split(p.x, xo, xi, v * tile_x, TailStrategy::GuardWithIf)
+        .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
         .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
-        .reorder(xi, ki, xo, p.y, ko, p.n)
+        .reorder(xi, ki, yi, xo, yo, ko, p.n)
         .vectorize(xi, v)
         .unroll(ki)
+        .unroll(yi)
         .fuse(ko, p.n, task)
         .parallel(task);
 
     p.accumulator.compute_at(p.output, xo)
         .bound_extent(p.x, v * tile_x)
+        .bound_extent(p.y, tile_y)
         .bound_extent(p.k, tile_k)
         .store_in(MemoryType::Register)
         .vectorize(p.x, v)
         .unroll(p.x)
+        .unroll(p.y)
         .unroll(p.k);
     // The window (kx, ky) runs inside the channel pairs; with K = 3 it is unrolled.
     Stage update = p.accumulator.update();
-    update.reorder(r[0], p.x, p.k, r[1], r[2], r[3], p.y, p.n);
+    update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
     if (p.group > 1) update.atomic().vectorize(r[0]);
-    update.vectorize(p.x, v).unroll(p.x).unroll(p.k);
+    update.vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
     // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
     // load and a deinterleave). Each specialization inherits the schedule above.
     if (p.stride.as<Internal::IntImm>()) {
