@@ -48,6 +48,7 @@ struct ConvParams {
     int tile_x = 1;         // vectors of outputs along x per register tile (forward, backward-data)
     int tile_y = 1;         // rows of outputs per register tile (forward, backward-data)
     int tile_channels = 4;  // channels per register tile (o in forward, c in the others)
+    int window_unroll = 2;  // 3x3 windows: 0 loops, 1 unrolls kx, 2 unrolls kx and ky (forward, backward-data)
     int gpu_threads = 64;   // threads per block on GPU targets
 };
 

@@ -148,19 +148,24 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(p.x)
         .unroll(p.y)
         .unroll(p.k);
-    // The window (kx, ky) runs inside the channel pairs; with K = 3 it is unrolled.
+    // The window (kx, ky) runs inside the channel pairs; with K = 3 its kx (window_unroll 1)
+    // or kx and ky (window_unroll 2) are unrolled.
     Stage update = p.accumulator.update();
     update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
     if (p.group > 1) update.atomic().vectorize(r[0]);
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
     // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
     // load and a deinterleave). Each specialization inherits the schedule above.
+    const int window_unroll = params.window_unroll;
     if (p.stride.as<Internal::IntImm>()) {
-        update.specialize(p.kernel == 3).specialize(p.kernel_y == 3).unroll(r[1]).unroll(r[2]);
+        Stage three = update.specialize(p.kernel == 3).specialize(p.kernel_y == 3);
+        if (window_unroll >= 1) three.unroll(r[1]);
+        if (window_unroll >= 2) three.unroll(r[2]);
     } else {
         for (int stride : {1, 2}) {
-            Stage fixed = update.specialize(p.stride == stride);
-            fixed.specialize(p.kernel == 3).unroll(r[1], 3).unroll(r[2], 3);
+            Stage three = update.specialize(p.stride == stride).specialize(p.kernel == 3);
+            if (window_unroll >= 1) three.unroll(r[1], 3);
+            if (window_unroll >= 2) three.unroll(r[2], 3);
         }
     }
 
