@@ -21,15 +21,6 @@ using namespace Halide;
 using namespace lowbit::conv;
 using lowbit::schedules::ConvPipeline;
 
-// Ed(u, v) of the comment above at packed position (x, y): E dilated by `stride` and shifted
-// by K - 1 - pad along each axis, zero between samples and outside E.
-template <class T>
-Expr dilated(Func e, const Expr &x, const Expr &y, const Expr &channel, const Expr &n, const Expr &kernel_x,
-             const Expr &kernel_y, const Expr &stride, const Expr &pad_x, const Expr &pad_y) {
-    Expr u = x - (kernel_x - 1 - pad_x), v = y - (kernel_y - 1 - pad_y);
-    return select(u % stride == 0 && v % stride == 0, e(u / stride, v / stride, channel, n), cast<T>(0));
-}
-
 class ConvBackwardData : public Generator<ConvBackwardData> {
 public:
     LOWBIT_CONV_KNOBS
@@ -46,14 +37,16 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group("group");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         const int g = p.group = dot_width(get_target(), dot);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
-        Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
+        Func e = channel_bounded(errors, errors.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
         const Expr o = channel_in_group(group, j, g);
-        p.packed_input(j, x, y, group, n) =
-            pack_integer_input(dilated<int8_t>(e, x, y, o, n, kernel_x, kernel_y, stride, pad_x, pad_y), g);
+        // Ed of the comment above: E dilated by the stride and shifted by K - 1 - pad.
+        define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
+                            kernel_y - 1 - pad_y, stride,
+                            [&](Expr ix, Expr iy) { return pack_integer_input(e(ix, iy, o, n), g); });
         Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
         if (g == 2) {
             Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
@@ -95,11 +88,11 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o("o");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o = p.channel_group;
         p.group = 1;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
-        Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
-        p.packed_input(j, x, y, o, n) = dilated<float>(e, x, y, o, n, kernel_x, kernel_y, stride, pad_x, pad_y);
+        define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
+                            kernel_y - 1 - pad_y, stride, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
         output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Float(32));
         p.dilation = stride;

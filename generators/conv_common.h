@@ -33,6 +33,25 @@ inline int dot_width(const Target &target, int requested) {
     return target.has_feature(Target::AVX512_SapphireRapids) ? 4 : 2;
 }
 
+// Defines p.packed_input(j, x, y, channel_group, n) as zeros, then value(ix, iy) (using p's
+// j, channel_group and n) written at (offset_x + step ix, offset_y + step iy) for (ix, iy)
+// over the source's width x height: the zero-padded, packed operand, in two definitions
+// that both vectorize to dense loads and stores (see ConvPipeline::interior).
+template <class Value>
+void define_padded_input(schedules::ConvPipeline &p, const Expr &width, const Expr &height, const Expr &offset_x,
+                         const Expr &offset_y, const Expr &step, Value value) {
+    p.interior = RDom({{0, width}, {0, height}}, "interior");
+    const Expr written = value(p.interior.x, p.interior.y);
+    p.packed_input(p.j, p.x, p.y, p.channel_group, p.n) = cast(written.type(), 0);
+    p.packed_input(p.j, offset_x + step * p.interior.x, offset_y + step * p.interior.y, p.channel_group, p.n) = written;
+}
+
+// The source as the packing reads it: zero past its last channel (a pair or quad of channels
+// may run past an odd count), unbounded in x and y (the packing reads only the interior).
+inline Func channel_bounded(const Func &source, const Expr &channels, const Expr &zero) {
+    return BoundaryConditions::constant_exterior(source, zero, {Range(), Range(), Range(0, channels), Range()});
+}
+
 // Packs int8 operands for an integer correlation of dot width p.group: inputs stay int8 (as
 // int16 for pairs), weights get +128 as uint8 for 4-term dot products.
 inline Expr pack_integer_input(const Expr &value, int group) {

@@ -26,12 +26,13 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group("group");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         const int g = p.group = dot_width(get_target(), dot);
-        Func a = BoundaryConditions::constant_exterior(input, cast<int8_t>(0));
+        Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        p.packed_input(j, x, y, group, n) =
-            pack_integer_input(a(x - pad, y - pad, channel_in_group(group, j, g), n), g);
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, [&](Expr ix, Expr iy) {
+            return pack_integer_input(a(ix, iy, channel_in_group(group, j, g), n), g);
+        });
         p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
         Expr sum = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(), input.dim(2).extent(),
                                       stride, Int(32));
@@ -64,10 +65,10 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
 
     void generate() {
-        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c("c");
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c = p.channel_group;
         p.group = 1;
-        Func a = BoundaryConditions::constant_exterior(input, 0.0f);
-        p.packed_input(j, x, y, c, n) = a(x - pad, y - pad, c, n);
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1,
+                            [&](Expr ix, Expr iy) { return input(ix, iy, c, n); });
         p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
         output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(),
                                                 input.dim(2).extent(), stride, Float(32));

@@ -46,6 +46,11 @@ void schedule_conv(ConvPipeline p, const ConvParams &params) {
     p.accumulator.compute_at(p.output, xi);
     p.packed_input.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
                                            TailStrategy::GuardWithIf);
+    // The interior: a thread per (channel group, sample), each copying its plane.
+    p.packed_input.update()
+        .reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n)
+        .gpu_blocks(p.n)
+        .gpu_threads(p.channel_group);
     p.packed_weights.compute_root().gpu_tile(p.x, Var("b"), Var("t"), 1, TailStrategy::GuardWithIf);
     if (p.correction.defined()) {
         for (Func f : {p.channel_sum, p.correction}) {

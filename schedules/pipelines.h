@@ -69,8 +69,13 @@ struct ConvPipeline {
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel group
-    Halide::RDom reduction;                      // (j, kx, ky, channel group)
-    Halide::RDom over_channels, window;          // of channel_sum and correction
+    Halide::Var channel_group{"channel_group"};  // packed_input's and packed_weights' channel axis
+    // packed_input is zeros (the padding), then an update over `interior`, the source's
+    // (x, y) extent, writes the source at its padded position: both loops have dense vector
+    // loads and stores, where a boundary condition in one definition clamps x lane by lane.
+    Halide::RDom interior;
+    Halide::RDom reduction;              // (j, kx, ky, channel group)
+    Halide::RDom over_channels, window;  // of channel_sum and correction
     Halide::Expr stride, kernel, kernel_y;
     Halide::Expr dilation;  // backward-data's dilation of its errors (its layer's stride), or undefined       // of the
                             // correlation: schedules specialize on them

@@ -170,14 +170,21 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     }
 
     const int pair = p.group;
+    // The padded operand: zeros, then the interior, both dense vector loops (ConvPipeline).
     p.packed_input.compute_root()
         .bound(p.j, 0, pair)
         .unroll(p.j)
         .vectorize(p.x, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
+    Stage interior = p.packed_input.update();
+    interior.reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n).unroll(p.j).parallel(p.n);
+    // The lanes store to distinct places for any step >= 1 (the runtime checks the stride),
+    // which Halide cannot prove for backward-data's symbolic dilation: hence
+    // allow_race_conditions. Undilated errors (stride 1, the runtime's phase split) store
+    // densely.
+    interior.allow_race_conditions().vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
+    if (p.dilation.defined()) interior.specialize(p.dilation == 1);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
-    // Undilated errors (stride 1, as in the runtime's phase split) pack without a divide.
-    if (p.dilation.defined()) p.packed_input.specialize(p.dilation == 1);
 
     if (p.correction.defined()) {
         // The +128 offset's correction: per-position channel sums, then their window sums.
