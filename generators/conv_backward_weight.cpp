@@ -19,16 +19,25 @@ using namespace Halide;
 using namespace lowbit::conv;
 using lowbit::schedules::ConvWeightPipeline;
 
-// The shared algorithm: operand is the packed type, acc the per-sample sum's.
-void define_weight_gradient(ConvWeightPipeline &p, Func errors, Func input, const Expr &out_w, const Expr &out_h,
-                            const Expr &batch, const Expr &stride, const Expr &pad, Type operand, Type acc) {
-    Var j = p.j, kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, x2("x2"), y("y"), row("row");
+// The shared algorithm: operand is the packed type, acc the per-sample sum's. `input` is
+// read only inside its width x height.
+template <class Input>
+void define_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &input, const Expr &out_w,
+                            const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type operand,
+                            Type acc) {
+    Var j = p.j, kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, x2("x2"), y("y");
+    Var m = p.m, phase = p.phase, row = p.row;
     const int pair = p.pairs ? 2 : 1;
     Expr x = pair * x2 + j;
     // Zero past the last output column, so a pair never reads past the row.
     p.packed_errors(j, o, x2, y, n) = select(x < out_w, cast(operand, errors(x, y, o, n)), cast(operand, 0));
-    Var m("m"), phase("phase");
-    p.packed_input(m, phase, row, c, n) = cast(operand, input(m * stride + phase - pad, row - pad, c, n));
+    // Zeros (the padding), then the input at its phase-split position: both loops vectorize to
+    // dense loads (a boundary condition in one definition would clamp x lane by lane).
+    p.packed_input(m, phase, row, c, n) = cast(operand, 0);
+    p.interior = RDom({{0, input.dim(0).extent()}, {0, input.dim(1).extent()}}, "interior");
+    const Expr column = p.interior.x + pad;
+    p.packed_input(column / stride, column % stride, p.interior.y + pad, c, n) =
+        cast(operand, input(p.interior.x, p.interior.y, c, n));
     p.positions = RDom({{0, pair}, {0, (out_w + pair - 1) / pair}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
     p.partial(o, c, kx, ky, n) = cast(acc, 0);
@@ -52,9 +61,8 @@ public:
 
     void generate() {
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
-        Func a = BoundaryConditions::constant_exterior(input, cast<int8_t>(0));
-        define_weight_gradient(p, e, a, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(), stride,
-                               pad, Int(16), Int(32));
+        define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
+                               stride, pad, Int(16), Int(32));
         Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
         const RDom &rn = p.samples;
         p.total(kx, ky, c, o) = cast<double>(0);
@@ -93,9 +101,8 @@ public:
     void generate() {
         p.pairs = false;
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
-        Func a = BoundaryConditions::constant_exterior(input, 0.0f);
-        define_weight_gradient(p, e, a, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(), stride,
-                               pad, Float(32), Float(32));
+        define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
+                               stride, pad, Float(32), Float(32));
         Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
         const RDom &rn = p.samples;
         p.total(kx, ky, c, o) = 0.0f;

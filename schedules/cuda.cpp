@@ -69,6 +69,8 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params) {
     p.partial.compute_at(p.output, t);
     p.packed_errors.compute_root().gpu_tile(p.o, b, t, params.gpu_threads, TailStrategy::GuardWithIf);
     p.packed_input.compute_root().gpu_tile(p.c, b, t, params.gpu_threads, TailStrategy::GuardWithIf);
+    // The interior: a thread per (channel, sample), each copying its plane.
+    p.packed_input.update().reorder(p.interior.x, p.interior.y, p.c, p.n).gpu_blocks(p.n).gpu_threads(p.c);
 }
 
 }  // namespace lowbit::schedules::cuda

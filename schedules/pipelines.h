@@ -93,6 +93,10 @@ struct ConvWeightPipeline {
     Halide::Func partial{"partial"}, total{"total"};
     Halide::Func output;
     Halide::Var kx{"kx"}, ky{"ky"}, c{"c"}, o{"o"}, n{"n"}, j{"j"};
+    Halide::Var m{"m"}, phase{"phase"}, row{"row"};  // packed_input's first axes
+    // packed_input is zeros (the padding), then an update over `interior`, the input's
+    // (x, y) extent, as in ConvPipeline.
+    Halide::RDom interior;
     Halide::RDom positions;  // (j, x2, y): one sample's output positions
     Halide::RDom samples;    // n
     Halide::Expr stride;

@@ -251,11 +251,21 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .unroll(p.j)
         .vectorize(p.o, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
-    // The input is packed once (its column phases side by side), vectorized along a row.
-    Var m = p.packed_input.args()[0];
-    p.packed_input.compute_root().vectorize(m, v, TailStrategy::GuardWithIf).parallel(p.n);
-    p.packed_input.specialize(p.stride == 1);
-    p.packed_input.specialize(p.stride == 2);
+    // The input is packed once (its column phases side by side): zeros, then the interior,
+    // vectorized along a row. The lanes store to distinct places for any stride >= 1 (the
+    // runtime checks it), which Halide cannot prove for a symbolic stride: hence
+    // allow_race_conditions. At stride 1 the stores are dense; at stride 2 the row is split
+    // into its even and odd columns (unrolled), each a dense store into its phase.
+    p.packed_input.compute_root().vectorize(p.m, v, TailStrategy::GuardWithIf).parallel(p.n);
+    Stage interior = p.packed_input.update();
+    interior.reorder(p.interior.x, p.interior.y, p.c, p.n).parallel(p.n).allow_race_conditions();
+    interior.specialize(p.stride == 1).vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
+    RVar column_pair("column_pair"), column_phase("column_phase");
+    interior.specialize(p.stride == 2)
+        .split(p.interior.x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
+        .reorder(column_phase, column_pair)
+        .unroll(column_phase)
+        .vectorize(column_pair, v, TailStrategy::GuardWithIf);
     update.specialize(p.stride == 1);
     update.specialize(p.stride == 2);
 }
