@@ -1,9 +1,12 @@
 // ResNet training steps at batch 128: images/s and peak resident memory of lowbit in float32
 // and low-bit modes, beside PyTorch 1.13 float32 training of the same network in the same run
 // (bench/pytorch_train_step.py). Each mode runs in its own process, so that each peak
-// resident set is that mode's alone.
+// resident set is that mode's alone. The modes run in rounds, each round every mode once
+// (PyTorch first): a ratio to PyTorch is taken within a round, then the median over rounds,
+// so that the shared machine's slow drift (±30% here) cancels instead of landing on one mode.
 //
-//   bench_train_step [--threads 2] [--batch 128] [--steps 5] [--repetitions 5] [--no-pytorch]
+//   bench_train_step [--threads 2] [--batch 128] [--steps 5] [--repetitions 5] [--rounds 3]
+//                    [--no-pytorch]
 //   bench_train_step --one MODE ...   (internal: one mode, one result line)
 //
 // Modes: float32, and the low-bit formats of docs/RESULTS.md (activations and errors grouped
@@ -30,7 +33,7 @@ using namespace lowbit;
 namespace {
 
 struct Options {
-    int threads = 2, batch = 128, steps = 5, repetitions = 5, depth = 20;
+    int threads = 2, batch = 128, steps = 5, repetitions = 5, depth = 20, rounds = 3;
     bool no_pytorch = false;
     std::string one;
 };
@@ -113,6 +116,8 @@ int main(int argc, char **argv) {
     app.add_option("--steps", o.steps, "steps per timed repetition");
     app.add_option("--repetitions", o.repetitions, "timed repetitions; the median is reported");
     app.add_option("--depth", o.depth, "ResNet depth (20, 32, 44, 56)");
+    app.add_option("--rounds", o.rounds, "rounds of all modes; ratios are medians over rounds")
+        ->check(CLI::PositiveNumber);
     app.add_flag("--no-pytorch", o.no_pytorch);
     app.add_option("--one", o.one, "internal: run one mode and print its result line");
     CLI11_PARSE(app, argc, argv);
@@ -125,34 +130,57 @@ int main(int argc, char **argv) {
         }
         const std::string self = fmt::format("{} --threads {} --batch {} --steps {} --repetitions {} --depth {}",
                                              "/proc/self/exe", o.threads, o.batch, o.steps, o.repetitions, o.depth);
-        fmt::print("ResNet-{} training step, batch {}, {} threads, median of {} x {} steps, kernels: {}\n", o.depth,
-                   o.batch, o.threads, o.repetitions, o.steps, to_string(best_isa()));
-        std::vector<std::pair<std::string, Result>> rows;
-        Result pytorch;
-        if (!o.no_pytorch) {
-            pytorch =
-                run_child(fmt::format("/usr/bin/python3 {}/pytorch_train_step.py --threads {} --batch {} "
-                                      "--steps {} --repetitions {} --depth {}",
-                                      LOWBIT_BENCH_DIR, o.threads, o.batch, o.steps, o.repetitions, o.depth));
-            rows.emplace_back("PyTorch 1.13 float32", pytorch);
-        }
+        fmt::print(
+            "ResNet-{} training step, batch {}, {} threads, median of {} x {} steps per round, {} rounds, kernels: "
+            "{}\n",
+            o.depth, o.batch, o.threads, o.repetitions, o.steps, o.rounds, to_string(best_isa()));
         // /proc/self/exe in a child shell would be the shell: resolve it here.
         char exe[4096];
         const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
         if (n <= 0) throw std::runtime_error("cannot resolve /proc/self/exe");
         exe[n] = 0;
         const std::string base = std::string(exe) + self.substr(std::string("/proc/self/exe").size());
-        for (const char *mode : {"float32", "m7e0", "m3e0", "m1e2"}) {
-            rows.emplace_back(std::string("lowbit ") + mode, run_child(base + " --one " + mode));
+        struct Row {
+            std::string name, command;
+            std::vector<Result> rounds;
+        };
+        std::vector<Row> rows;
+        if (!o.no_pytorch) {
+            rows.push_back({"PyTorch 1.13 float32",
+                            fmt::format("/usr/bin/python3 {}/pytorch_train_step.py --threads {} --batch {} "
+                                        "--steps {} --repetitions {} --depth {}",
+                                        LOWBIT_BENCH_DIR, o.threads, o.batch, o.steps, o.repetitions, o.depth),
+                            {}});
         }
-        fmt::print("| {:<22} | {:>9} | {:>10} | {:>13} | {:>11} |\n", "mode", "images/s", "vs PyTorch", "peak RSS MiB",
-                   "vs PyTorch");
-        fmt::print("|{:-<24}|{:->11}|{:->12}|{:->15}|{:->13}|\n", "", "", "", "", "");
-        for (const auto &[name, r] : rows) {
-            const bool ref = pytorch.images_per_second > 0;
-            fmt::print("| {:<22} | {:>9.1f} | {:>10} | {:>13.0f} | {:>11} |\n", name, r.images_per_second,
-                       ref ? fmt::format("{:.2f}x", r.images_per_second / pytorch.images_per_second) : "-",
-                       r.peak_rss_mib, ref ? fmt::format("{:.2f}x", r.peak_rss_mib / pytorch.peak_rss_mib) : "-");
+        for (const char *mode : {"float32", "m7e0", "m3e0", "m1e2"}) {
+            rows.push_back({std::string("lowbit ") + mode, base + " --one " + mode, {}});
+        }
+        for (int round = 0; round < o.rounds; round++) {
+            for (Row &row : rows) row.rounds.push_back(run_child(row.command));
+        }
+        auto median = [](std::vector<double> v) {
+            std::sort(v.begin(), v.end());
+            return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+        };
+        fmt::print("| {:<22} | {:>9} | {:>10} | {:>13} | {:>13} | {:>11} |\n", "mode", "images/s", "vs PyTorch",
+                   "(per round)", "peak RSS MiB", "vs PyTorch");
+        fmt::print("|{:-<24}|{:->11}|{:->12}|{:->15}|{:->15}|{:->13}|\n", "", "", "", "", "", "");
+        const bool ref = !o.no_pytorch;
+        for (const Row &row : rows) {
+            std::vector<double> speed, ratio, rss, rss_ratio;
+            for (size_t k = 0; k < row.rounds.size(); k++) {
+                speed.push_back(row.rounds[k].images_per_second);
+                rss.push_back(row.rounds[k].peak_rss_mib);
+                if (ref) {
+                    ratio.push_back(row.rounds[k].images_per_second / rows[0].rounds[k].images_per_second);
+                    rss_ratio.push_back(row.rounds[k].peak_rss_mib / rows[0].rounds[k].peak_rss_mib);
+                }
+            }
+            const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
+            fmt::print("| {:<22} | {:>9.1f} | {:>10} | {:>13} | {:>13.0f} | {:>11} |\n", row.name, median(speed),
+                       ref ? fmt::format("{:.2f}x", median(ratio)) : "-",
+                       ref ? fmt::format("{:.2f}-{:.2f}", *lo, *hi) : "-", median(rss),
+                       ref ? fmt::format("{:.2f}x", median(rss_ratio)) : "-");
         }
     } catch (const std::exception &e) {
         fmt::print(stderr, "bench_train_step: {}\n", e.what());
