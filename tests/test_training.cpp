@@ -117,6 +117,20 @@ TEST(Training, ResumingContinuesExactlyAsTheUninterruptedRun) {
               load_checkpoint(dir + "/parts/checkpoint.ckpt").arrays);
 }
 
+// A checkpoint written before a setting existed means that setting's old behaviour: runs from
+// before unsigned activations trained with signed ones, so eval and resume must use those.
+TEST(Training, CheckpointsWithoutUnsignedActivationsMeanSigned) {
+    const std::string dir = fresh_dir();
+    run_training(tiny_run(dir + "/run", 1), false, {true});
+    const std::string path = dir + "/run/checkpoint.ckpt";
+    EXPECT_TRUE(load_model_config(path).unsigned_activations);
+    Checkpoint c = load_checkpoint(path);
+    c.meta["config"].erase("unsigned_activations");
+    save_checkpoint(path, c);
+    EXPECT_FALSE(load_model_config(path).unsigned_activations);
+    EXPECT_EQ(load_model_config(path).epochs, 1);  // the rest as recorded
+}
+
 // lowbit eval's path: the checkpoint restores weights and batch-norm statistics exactly, so
 // evaluating it at the training batch size reproduces the last epoch's test figures bit for
 // bit. (At another batch size they move slightly: a tensor's scale S is its max over the

@@ -208,7 +208,11 @@ TrainConfig config_of(const Checkpoint &c, const std::string &path) {
     TrainConfig config;
     if (!c.meta.is_object() || !c.meta.contains("config"))
         throw std::runtime_error(fmt::format("{}: not a training checkpoint (no configuration)", path));
-    update_from_json(config, c.meta.at("config"), path);
+    const nlohmann::json &recorded = c.meta.at("config");
+    // A checkpoint records every setting, so a missing one predates it: runs before unsigned
+    // activations existed trained with signed ones.
+    if (recorded.is_object() && !recorded.contains("unsigned_activations")) config.unsigned_activations = false;
+    update_from_json(config, recorded, path);
     return config;
 }
 }  // namespace
@@ -235,7 +239,7 @@ TrainResult run_training(const TrainConfig &requested, bool resume, const RunOpt
     Checkpoint resumed;
     if (resume) {
         resumed = load_checkpoint(checkpoint_path);
-        update_from_json(config, resumed.meta.at("config"), checkpoint_path);
+        config = config_of(resumed, checkpoint_path);
         if (run_options.resume_epochs > 0) config.epochs = run_options.resume_epochs;
         if (run_options.resume_threads > 0) config.threads = run_options.resume_threads;
         config.out = folder.string();
