@@ -2,7 +2,12 @@
 // float32 conv2d on the same shapes in the same run (bench/pytorch_conv.py) and beside this
 // machine's measured peaks (bench/peak.h).
 //
-//   build/bench/bench_conv [--threads 2] [--repetitions 7] [--batch 128] [--no-pytorch]
+//   build/bench/bench_conv [--threads 2] [--repetitions 7] [--batch 128] [--rounds 1]
+//                          [--no-pytorch] [--only TEXT]
+//
+// With --rounds R, ours, PyTorch's and the peaks are measured R times in turn, each ratio
+// taken within a round and the median of the R ratios printed, so that the shared machine's
+// drift (its peaks move ±30% within an hour) cancels instead of landing on one column.
 //
 // Columns, all in G multiply-adds/s (median of repetitions):
 //   int        integer kernel on quantized operands (m3e0/g3/sample A and E, m3e0/g3/channel W)
@@ -12,6 +17,7 @@
 // then int / torch, f32 / torch and int as a fraction of the int8 (or i16) dot-product peak.
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -77,94 +83,119 @@ std::map<std::pair<std::string, std::string>, double> run_pytorch(int threads, i
     return ms;
 }
 
+struct Row {
+    std::string layer, pass;
+    double macs;
+    std::vector<double> int_ms, intq_ms, f32_ms, torch_ms;  // one per round
+    std::vector<double> integer_peak;                       // G/s, measured in that round
+};
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
-    int threads = 2, repetitions = 7, batch = 128;
-    bool pytorch = true;
-    std::string only;  // run only the passes whose "layer pass" contains this
-    for (int i = 1; i < argc; i++) {
-        const std::string a = argv[i];
-        if (a == "--threads" && i + 1 < argc)
-            threads = std::atoi(argv[++i]);
-        else if (a == "--repetitions" && i + 1 < argc)
-            repetitions = std::atoi(argv[++i]);
-        else if (a == "--batch" && i + 1 < argc)
-            batch = std::atoi(argv[++i]);
-        else if (a == "--no-pytorch")
-            pytorch = false;
-        else if (a == "--only" && i + 1 < argc)
-            only = argv[++i];
-        else {
-            fmt::print(stderr,
-                       "usage: bench_conv [--threads N] [--repetitions N] [--batch N] [--no-pytorch] [--only TEXT]\n");
-            return 2;
-        }
-    }
+    CLI::App app{"ResNet-20 conv layers: integer and float32 kernels beside PyTorch and the machine's peaks"};
+    int threads = 2, repetitions = 7, batch = 128, rounds = 1;
+    bool no_pytorch = false;
+    std::string only;
+    app.add_option("--threads", threads);
+    app.add_option("--repetitions", repetitions, "timed calls per measurement; the median is taken");
+    app.add_option("--batch", batch);
+    app.add_option("--rounds", rounds,
+                   "rounds of ours, then PyTorch's, then the peaks; ratios are taken within a round, then the "
+                   "median over rounds")
+        ->check(CLI::PositiveNumber);
+    app.add_flag("--no-pytorch", no_pytorch);
+    app.add_option("--only", only, "run only the passes whose \"layer pass\" contains this text");
+    CLI11_PARSE(app, argc, argv);
+
     set_num_threads(threads);
-    const Peaks peaks = measure_peaks(threads);
     const Format a_format = parse_format("m3e0/g3/sample"), w_format = parse_format("m3e0/g3/channel");
     const Format e_format = parse_format("m3e0/g3/sample");
-    fmt::print("ResNet-20 conv layers, batch {}, {} threads, kernels: {}, median of {}\n", batch, threads,
-               to_string(forced_isa().value_or(best_isa())), repetitions);
-    fmt::print("machine peaks: {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", peaks.integer_name, peaks.integer_gmacs,
-               peaks.float_gmacs);
-
-    struct Row {
-        std::string layer, pass;
-        double macs, int_ms, intq_ms, f32_ms;
-    };
     std::vector<Row> rows;
-    for (const Layer &l : kLayers) {
-        const ConvGeometry g{int(l.stride), int(l.K / 2)};
-        const Shape a_shape = {batch, l.C, l.H, l.H}, w_shape = {l.O, l.C, l.K, l.K};
-        const Shape y_shape = conv_output_shape(a_shape, w_shape, g);
-        const Tensor a = random_tensor(a_shape, 1, true), w = random_tensor(w_shape, 2, false);
-        const Tensor e = random_tensor(y_shape, 3, false);
-        const double macs = double(y_shape[0]) * y_shape[1] * y_shape[2] * y_shape[3] * l.C * l.K * l.K;
-        QuantizedTensor qa, qw, qe;
-        auto quantize_inputs = [&](int pass) {
-            if (pass != 1) quantize_into(qa, a, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
-            if (pass != 2) quantize_into(qw, w, w_format, Rounding::nearest, 0, 0, 1, TensorRole::weight);
-            if (pass != 0) quantize_into(qe, e, e_format, Rounding::stochastic, 1, 0, 2, TensorRole::error);
-        };
-        for (int pass = 0; pass < 3; pass++) {
-            if (!only.empty() && (std::string(l.name) + " " + kPasses[pass]).find(only) == std::string::npos) continue;
-            quantize_inputs(pass);
-            std::function<void()> run_int, run_f32;
-            if (pass == 0) {
-                run_int = [&] { conv_forward(qa, qw, g); };
-                run_f32 = [&] { conv_forward(a, w, g); };
-            } else if (pass == 1) {
-                run_int = [&] { conv_backward_data(qe, qw, a_shape, g); };
-                run_f32 = [&] { conv_backward_data(e, w, a_shape, g); };
-            } else {
-                run_int = [&] { conv_backward_weight(qe, qa, int(l.K), g); };
-                run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
+    std::vector<double> float_peaks;
+    std::string integer_peak_name;
+    for (int round = 0; round < rounds; round++) {
+        size_t row = 0;
+        for (const Layer &l : kLayers) {
+            const ConvGeometry g{int(l.stride), int(l.K / 2)};
+            const Shape a_shape = {batch, l.C, l.H, l.H}, w_shape = {l.O, l.C, l.K, l.K};
+            const Shape y_shape = conv_output_shape(a_shape, w_shape, g);
+            const Tensor a = random_tensor(a_shape, 1, true), w = random_tensor(w_shape, 2, false);
+            const Tensor e = random_tensor(y_shape, 3, false);
+            const double macs = double(y_shape[0]) * y_shape[1] * y_shape[2] * y_shape[3] * l.C * l.K * l.K;
+            QuantizedTensor qa, qw, qe;
+            auto quantize_inputs = [&](int pass) {
+                if (pass != 1) quantize_into(qa, a, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
+                if (pass != 2) quantize_into(qw, w, w_format, Rounding::nearest, 0, 0, 1, TensorRole::weight);
+                if (pass != 0) quantize_into(qe, e, e_format, Rounding::stochastic, 1, 0, 2, TensorRole::error);
+            };
+            for (int pass = 0; pass < 3; pass++) {
+                if (!only.empty() && (std::string(l.name) + " " + kPasses[pass]).find(only) == std::string::npos)
+                    continue;
+                quantize_inputs(pass);
+                std::function<void()> run_int, run_f32;
+                if (pass == 0) {
+                    run_int = [&] { conv_forward(qa, qw, g); };
+                    run_f32 = [&] { conv_forward(a, w, g); };
+                } else if (pass == 1) {
+                    run_int = [&] { conv_backward_data(qe, qw, a_shape, g); };
+                    run_f32 = [&] { conv_backward_data(e, w, a_shape, g); };
+                } else {
+                    run_int = [&] { conv_backward_weight(qe, qa, int(l.K), g); };
+                    run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
+                }
+                if (round == 0) rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}, {}});
+                Row &r = rows[row++];
+                r.int_ms.push_back(median_ms(run_int, repetitions));
+                r.intq_ms.push_back(median_ms(
+                    [&] {
+                        quantize_inputs(pass);
+                        run_int();
+                    },
+                    repetitions));
+                r.f32_ms.push_back(median_ms(run_f32, repetitions));
             }
-            const double int_ms = median_ms(run_int, repetitions);
-            const double intq_ms = median_ms(
-                [&] {
-                    quantize_inputs(pass);
-                    run_int();
-                },
-                repetitions);
-            const double f32_ms = median_ms(run_f32, repetitions);
-            rows.push_back({l.name, kPasses[pass], macs, int_ms, intq_ms, f32_ms});
+        }
+        const auto torch_ms = no_pytorch ? std::map<std::pair<std::string, std::string>, double>{}
+                                         : run_pytorch(threads, repetitions, batch);
+        const Peaks peaks = measure_peaks(threads);
+        integer_peak_name = peaks.integer_name;
+        float_peaks.push_back(peaks.float_gmacs);
+        for (Row &r : rows) {
+            const auto it = torch_ms.find({r.layer, r.pass});
+            r.torch_ms.push_back(it == torch_ms.end() ? 0.0 : it->second);
+            r.integer_peak.push_back(peaks.integer_gmacs);
         }
     }
-    const auto torch_ms =
-        pytorch ? run_pytorch(threads, repetitions, batch) : std::map<std::pair<std::string, std::string>, double>{};
 
+    fmt::print("ResNet-20 conv layers, batch {}, {} threads, kernels: {}, median of {}, {} round{}\n", batch, threads,
+               to_string(forced_isa().value_or(best_isa())), repetitions, rounds, rounds > 1 ? "s" : "");
+    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", integer_peak_name,
+               rows.empty() ? 0.0 : median(rows[0].integer_peak), median(float_peaks));
+    fmt::print("G/s columns: medians over rounds; ratio columns: medians of the per-round ratios\n");
     fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
                "torch", "int/torch", "f32/torch", "int/peak");
     for (const Row &r : rows) {
-        auto gmacs = [&](double ms) { return r.macs / (ms * 1e6); };
-        const auto it = torch_ms.find({r.layer, r.pass});
-        const double torch = it == torch_ms.end() ? 0.0 : gmacs(it->second);
+        auto gmacs = [&](double ms) { return ms > 0 ? r.macs / (ms * 1e6) : 0.0; };
+        std::vector<double> speed_int, speed_intq, speed_f32, speed_torch, int_torch, f32_torch, int_peak;
+        for (size_t k = 0; k < r.int_ms.size(); k++) {
+            speed_int.push_back(gmacs(r.int_ms[k]));
+            speed_intq.push_back(gmacs(r.intq_ms[k]));
+            speed_f32.push_back(gmacs(r.f32_ms[k]));
+            speed_torch.push_back(gmacs(r.torch_ms[k]));
+            const double torch = gmacs(r.torch_ms[k]);
+            int_torch.push_back(torch > 0 ? gmacs(r.int_ms[k]) / torch : 0.0);
+            f32_torch.push_back(torch > 0 ? gmacs(r.f32_ms[k]) / torch : 0.0);
+            int_peak.push_back(gmacs(r.int_ms[k]) / r.integer_peak[k]);
+        }
         fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer, r.pass,
-                   gmacs(r.int_ms), gmacs(r.intq_ms), gmacs(r.f32_ms), torch, torch > 0 ? gmacs(r.int_ms) / torch : 0.0,
-                   torch > 0 ? gmacs(r.f32_ms) / torch : 0.0, gmacs(r.int_ms) / peaks.integer_gmacs);
+                   median(speed_int), median(speed_intq), median(speed_f32), median(speed_torch), median(int_torch),
+                   median(f32_torch), median(int_peak));
     }
     return 0;
 }
