@@ -28,6 +28,7 @@
 
 #include "conv.h"
 #include "dispatch.h"
+#include "median.h"
 #include "peak.h"
 
 namespace {
@@ -87,13 +88,7 @@ struct Row {
     std::string layer, pass;
     double macs;
     std::vector<double> int_ms, intq_ms, f32_ms, torch_ms;  // one per round
-    std::vector<double> integer_peak;                       // G/s, measured in that round
 };
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
 
 }  // namespace
 
@@ -117,8 +112,7 @@ int main(int argc, char **argv) {
     const Format a_format = parse_format("m3e0/g3/sample"), w_format = parse_format("m3e0/g3/channel");
     const Format e_format = parse_format("m3e0/g3/sample");
     std::vector<Row> rows;
-    std::vector<double> float_peaks;
-    std::string integer_peak_name;
+    std::vector<Peaks> peaks;  // one per round
     for (int round = 0; round < rounds; round++) {
         size_t row = 0;
         for (const Layer &l : kLayers) {
@@ -149,7 +143,7 @@ int main(int argc, char **argv) {
                     run_int = [&] { conv_backward_weight(qe, qa, int(l.K), g); };
                     run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
                 }
-                if (round == 0) rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}, {}});
+                if (round == 0) rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}});
                 Row &r = rows[row++];
                 r.int_ms.push_back(median_ms(run_int, repetitions));
                 r.intq_ms.push_back(median_ms(
@@ -163,20 +157,22 @@ int main(int argc, char **argv) {
         }
         const auto torch_ms = no_pytorch ? std::map<std::pair<std::string, std::string>, double>{}
                                          : run_pytorch(threads, repetitions, batch);
-        const Peaks peaks = measure_peaks(threads);
-        integer_peak_name = peaks.integer_name;
-        float_peaks.push_back(peaks.float_gmacs);
+        peaks.push_back(measure_peaks(threads));
         for (Row &r : rows) {
             const auto it = torch_ms.find({r.layer, r.pass});
             r.torch_ms.push_back(it == torch_ms.end() ? 0.0 : it->second);
-            r.integer_peak.push_back(peaks.integer_gmacs);
         }
     }
 
     fmt::print("ResNet-20 conv layers, batch {}, {} threads, kernels: {}, median of {}, {} round{}\n", batch, threads,
                to_string(forced_isa().value_or(best_isa())), repetitions, rounds, rounds > 1 ? "s" : "");
-    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", integer_peak_name,
-               rows.empty() ? 0.0 : median(rows[0].integer_peak), median(float_peaks));
+    std::vector<double> integer_peaks, float_peaks;
+    for (const Peaks &p : peaks) {
+        integer_peaks.push_back(p.integer_gmacs);
+        float_peaks.push_back(p.float_gmacs);
+    }
+    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", peaks[0].integer_name,
+               median(integer_peaks), median(float_peaks));
     fmt::print("G/s columns: medians over rounds; ratio columns: medians of the per-round ratios\n");
     fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
                "torch", "int/torch", "f32/torch", "int/peak");
@@ -191,7 +187,7 @@ int main(int argc, char **argv) {
             const double torch = gmacs(r.torch_ms[k]);
             int_torch.push_back(torch > 0 ? gmacs(r.int_ms[k]) / torch : 0.0);
             f32_torch.push_back(torch > 0 ? gmacs(r.f32_ms[k]) / torch : 0.0);
-            int_peak.push_back(gmacs(r.int_ms[k]) / r.integer_peak[k]);
+            int_peak.push_back(gmacs(r.int_ms[k]) / peaks[k].integer_gmacs);
         }
         fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer, r.pass,
                    median(speed_int), median(speed_intq), median(speed_f32), median(speed_torch), median(int_torch),

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "median.h"
 #include "nn/functional.h"
 #include "nn/models.h"
 #include "optim/sgd.h"
@@ -158,10 +159,6 @@ int main(int argc, char **argv) {
         for (int round = 0; round < o.rounds; round++) {
             for (Row &row : rows) row.rounds.push_back(run_child(row.command));
         }
-        auto median = [](std::vector<double> v) {
-            std::sort(v.begin(), v.end());
-            return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-        };
         fmt::print("| {:<22} | {:>9} | {:>10} | {:>13} | {:>13} | {:>11} |\n", "mode", "images/s", "vs PyTorch",
                    "(per round)", "peak RSS MiB", "vs PyTorch");
         fmt::print("|{:-<24}|{:->11}|{:->12}|{:->15}|{:->15}|{:->13}|\n", "", "", "", "", "", "");

@@ -77,8 +77,9 @@ struct ConvPipeline {
     Halide::RDom reduction;              // (j, kx, ky, channel group)
     Halide::RDom over_channels, window;  // of channel_sum and correction
     Halide::Expr stride, kernel, kernel_y;
-    Halide::Expr dilation;  // backward-data's dilation of its errors (its layer's stride), or undefined       // of the
-                            // correlation: schedules specialize on them
+    // backward-data's dilation of its errors (its layer's stride), or undefined; with stride,
+    // kernel and kernel_y, what the schedules specialize on.
+    Halide::Expr dilation;
     int group = 2;
 };
 
