@@ -305,6 +305,7 @@ public:
             quantized_value(y, tensor_scale, cast<int>(group_exponent(c, n)),
                             {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
+        p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
         p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
         input.set_estimates(kViewEstimate);

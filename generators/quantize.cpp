@@ -167,6 +167,7 @@ public:
             quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
                             {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
+        p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
         // Fixed point (E = 0) has a uniform grid: its own loops, without the exponent-grid tests.
         p.specializations = {stochastic && exponent_steps == 0, stochastic, !stochastic && exponent_steps == 0,
@@ -197,6 +198,7 @@ public:
             quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
                             {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
         p.output = values;
+        p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
         // Fixed point (E = 0) has a uniform grid: its own loops, without the exponent-grid tests.
         p.specializations = {stochastic && exponent_steps == 0, stochastic, !stochastic && exponent_steps == 0,
@@ -234,6 +236,7 @@ public:
         Var i = p.i, g = p.g, o = p.o;
         output(i, g, o) = dequantized(values(i, g, o), tensor_scale, cast<int>(group_exponent(g)), qmax);
         p.output = output;
+        p.arithmetic = Float(64);  // dequantized computes in double
         p.row_length = values.dim(0).extent();
         values.set_estimates(kViewEstimate);
         group_exponent.set_estimates(kGroupedExponentEstimate);
@@ -260,6 +263,7 @@ public:
         Var i = p.i, c = p.g, o = p.o;
         output(i, c, o) = dequantized(values(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)), qmax);
         p.output = output;
+        p.arithmetic = Float(64);  // dequantized computes in double
         p.row_length = values.dim(0).extent();
         values.set_estimates(kViewEstimate);
         group_exponent.set_estimates(kBlockExponentEstimate);

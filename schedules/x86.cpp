@@ -6,8 +6,8 @@ using namespace Halide;
 
 namespace {
 
-int lanes(const ElementwiseParams &params, const Target &target) {
-    return params.vector_width > 0 ? params.vector_width : target.natural_vector_size<float>();
+int lanes(const ElementwiseParams &params, const Target &target, const Type &arithmetic = Float(32)) {
+    return params.vector_width > 0 ? params.vector_width : target.natural_vector_size(arithmetic);
 }
 
 // Rows of `row_length` elements per parallel task, so that each task has about
@@ -70,10 +70,13 @@ void schedule_quantize_scales(QuantizeScalesPipeline p, const ElementwiseParams 
 
 // quantize_values, dequantize: one pass, vectorized along the contiguous axis, rows grouped
 // into parallel tasks. Each specialization (rounding mode, E = 0) gets the same recipe.
-// Measured (AVX2, 2 threads, 128x64x32x32, scales included): nearest E = 0 1.4x the time of a
-// memcpy of the input, E > 0 2.9x, stochastic 3.4x (compute-bound); dequantize 0.5x.
+// Lanes default to the natural vector of the pipeline's arithmetic type (double for the
+// quantizers: 4 lanes on AVX2, where 8 float-width lanes cost 10-25% more, session 5).
+// Measured (AVX2, 2 threads, 128x64x32x32, scales included, bench_quantize, session 5): the
+// time of a memcpy of the input times nearest E = 0 1.1, E > 0 2.4; stochastic E = 0 1.9,
+// E > 0 3.2 (compute-bound: the exponent-grid tests and the hash); dequantize 0.4.
 void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params, const Target &target) {
-    const int v = lanes(params, target);
+    const int v = lanes(params, target, p.arithmetic);
     Var go("go");
     Func out = p.output;
     out.vectorize(p.i, v, TailStrategy::GuardWithIf)
