@@ -244,30 +244,43 @@ std::vector<T> sub_kernel(const T *w, const Shape &w_shape, const Phase &ph, int
     return out;
 }
 
-// Writes a phase's result (N, C, height, width) into its pixels of dA, or zeros there when
-// `phase_out` is null (a phase no tap reaches), planes spread over Halide's thread pool (the
-// kernels' threads, so set_num_threads holds here too).
-void interleave(const Tensor *phase_out, const Phase &ph, int64_t s, Tensor &out) {
+// Writes the phases' results into dA in one dense pass: row y of a plane holds phase row
+// y / s of the phases (px, y % s), alternating px along x; a phase without a result (no tap
+// reaches it) gives zeros. One pass, not one strided pass per phase: each of those would read
+// and write every cache line of dA. Planes are spread over Halide's thread pool (the kernels'
+// threads, so set_num_threads holds here too). parts[py * s + px] is phase (px, py)'s
+// (N, C, height, width) result or null.
+void interleave(const std::vector<const Tensor *> &parts, const std::vector<Phase> &phases, int64_t s, Tensor &out) {
     struct Job {
-        const Tensor *phase_out;
-        const Phase *ph;
+        const std::vector<const Tensor *> *parts;
+        const std::vector<Phase> *phases;
         int64_t s;
         Tensor *out;
-    } job{phase_out, &ph, s, &out};
+    } job{&parts, &phases, s, &out};
     // Tasks of kPlanesPerTask planes: small planes (8x8 at the end of a ResNet) would leave
     // the thread pool's overhead dominant.
     constexpr int64_t kPlanesPerTask = 32;
     auto task = [](void *, int index, uint8_t *closure) -> int {
         const Job &j = *reinterpret_cast<const Job *>(closure);
         const Shape &f = j.out->shape();
-        const int64_t planes = f[0] * f[1], first = int64_t(index) * kPlanesPerTask;
+        const int64_t planes = f[0] * f[1], first = int64_t(index) * kPlanesPerTask, s = j.s;
+        std::vector<const float *> src(static_cast<size_t>(s));  // the source row of each phase px (null: zeros)
         for (int64_t plane = first; plane < std::min(planes, first + kPlanesPerTask); plane++) {
-            float *dst = j.out->data() + plane * f[2] * f[3] + j.ph->py * f[3] + j.ph->px;
-            const float *src =
-                j.phase_out == nullptr ? nullptr : j.phase_out->data() + plane * j.ph->height * j.ph->width;
-            for (int64_t y = 0; y < j.ph->height; y++) {
-                float *row = dst + j.s * y * f[3];
-                for (int64_t x = 0; x < j.ph->width; x++) row[j.s * x] = src == nullptr ? 0.0f : *src++;
+            for (int64_t y = 0; y < f[2]; y++) {
+                float *row = j.out->data() + (plane * f[2] + y) * f[3];
+                for (int64_t px = 0; px < s; px++) {
+                    const Phase &ph = (*j.phases)[size_t((y % s) * s + px)];
+                    const Tensor *part = (*j.parts)[size_t((y % s) * s + px)];
+                    src[size_t(px)] = part == nullptr ? nullptr : part->data() + (plane * ph.height + y / s) * ph.width;
+                }
+                if (s == 2 && src[0] != nullptr && src[1] != nullptr && f[3] % 2 == 0) {
+                    for (int64_t x = 0; x < f[3] / 2; x++) {
+                        row[2 * x] = src[0][x];
+                        row[2 * x + 1] = src[1][x];
+                    }
+                    continue;
+                }
+                for (int64_t x = 0; x < f[3]; x++) row[x] = src[x % s] == nullptr ? 0.0f : src[x % s][x / s];
             }
         }
         return 0;
@@ -286,17 +299,20 @@ void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvG
         return;
     }
     const Shape &in = out.shape();
-    for (const Phase &ph : phases_of(in, w_shape[2], g)) {
-        if (ph.width == 0 || ph.height == 0) continue;
-        if (ph.taps_x == 0 || ph.taps_y == 0) {
-            interleave(nullptr, ph, g.stride, out);
-            continue;
-        }
-        Tensor part = Tensor::uninitialized({in[0], in[1], ph.height, ph.width});
+    const std::vector<Phase> phases = phases_of(in, w_shape[2], g);
+    std::vector<Tensor> results;
+    results.reserve(phases.size());  // `parts` points into it
+    std::vector<const Tensor *> parts(phases.size(), nullptr);
+    for (size_t i = 0; i < phases.size(); i++) {
+        const Phase &ph = phases[i];
+        if (ph.width == 0 || ph.height == 0 || ph.taps_x == 0 || ph.taps_y == 0) continue;
+        results.push_back(Tensor::uninitialized({in[0], in[1], ph.height, ph.width}));
         const std::vector<T> sub = sub_kernel(weights, w_shape, ph, g.stride);
-        pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y), part);
-        interleave(&part, ph, g.stride, out);
+        pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y),
+             results.back());
+        parts[i] = &results.back();
     }
+    interleave(parts, phases, g.stride, out);
 }
 
 }  // namespace
