@@ -161,9 +161,15 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // load and a deinterleave). Each specialization inherits the schedule above.
     const int window_unroll = params.window_unroll;
     if (p.stride.as<Internal::IntImm>()) {
-        Stage three = update.specialize(p.kernel == 3).specialize(p.kernel_y == 3);
-        if (window_unroll >= 1) three.unroll(r[1]);
-        if (window_unroll >= 2) three.unroll(r[2]);
+        // 3x3 windows, and backward-data's phase sub-kernels of a 3x3 stride-2 layer
+        // (runtime/conv.cpp): 2x2, 2x1, 1x2.
+        std::vector<std::pair<int, int>> windows = {{3, 3}};
+        if (p.dilation.defined()) windows.insert(windows.end(), {{2, 2}, {2, 1}, {1, 2}});
+        for (const auto &[wx, wy] : windows) {
+            Stage window = update.specialize(p.kernel == wx).specialize(p.kernel_y == wy);
+            if (window_unroll >= 1) window.unroll(r[1]);
+            if (window_unroll >= 2) window.unroll(r[2]);
+        }
     } else {
         for (int stride : {1, 2}) {
             Stage three = update.specialize(p.stride == stride).specialize(p.kernel == 3);
