@@ -65,7 +65,8 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
 // kernel_x x kernel_y window:
 // accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k).
 // The packed Funcs must be defined. Returns the correlation's value at (x, y, k, n): the
-// accumulator, less the +128 weight offset's contribution for 4-term dot products.
+// accumulator, less the +128 weight offset's contribution where 4-term dot products take the
+// weights offset to uint8.
 inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
                                const Expr &channels, const Expr &stride, Type accumulator_type) {
     const int g = p.group;
@@ -79,7 +80,7 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
     p.accumulator(p.x, p.y, p.k, p.n) = cast(accumulator_type, 0);
     p.accumulator(p.x, p.y, p.k, p.n) += cast(accumulator_type, b) * cast(accumulator_type, a);
-    if (g != 4) return p.accumulator(p.x, p.y, p.k, p.n);
+    if (g != 4 || b.type() != UInt(8)) return p.accumulator(p.x, p.y, p.k, p.n);
     // sum (w + 128) a = sum w a + 128 sum a: subtract 128 x the window sum of the inputs.
     RDom &over_channels = p.over_channels = RDom({{0, g}, {0, groups}}, "over_channels");
     p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
@@ -88,6 +89,35 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
     p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
     p.correction(p.x, p.y, p.n) += 128 * p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
     return p.accumulator(p.x, p.y, p.k, p.n) - p.correction(p.x, p.y, p.n);
+}
+
+// The narrow-sum correlation of unsigned inputs (see ConvPipeline): uint8 inputs times int8
+// weights, packed in groups of 4, summed in int16 over `chunk` groups at a time, then in
+// int32. The packed Funcs must be defined, with p.group = 4. Returns the int32 sum at
+// (x, y, k, n).
+inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
+                                      const Expr &channels, const Expr &stride, const Expr &chunk) {
+    const Expr groups = (channels + 3) / 4;
+    p.reduction = RDom({{0, 2}, {0, kernel_x}, {0, kernel_y}, {0, chunk}}, "r");
+    p.chunks = RDom(0, (groups + chunk - 1) / chunk, "chunks");
+    p.stride = stride;
+    p.kernel = kernel_x;
+    p.kernel_y = kernel_y;
+    const RDom &r = p.reduction;
+    Var h("h");
+    const Expr j = 2 * p.q + r[0], group = h * chunk + r[3];
+    Expr a = p.packed_input(j, p.x * stride + r[1], p.y * stride + r[2], group, p.n);
+    Expr b = p.packed_weights(j, r[1], r[2], group, p.k);
+    // saturating_add: the form Halide matches to pmaddubsw (which saturates); the runtime's
+    // choice of chunk keeps every sum in range, so nothing saturates.
+    p.narrow_sum(p.q, p.x, p.y, p.k, p.n, h) = cast<int16_t>(0);
+    p.narrow_sum(p.q, p.x, p.y, p.k, p.n, h) =
+        saturating_add(p.narrow_sum(p.q, p.x, p.y, p.k, p.n, h), cast<int16_t>(a) * cast<int16_t>(b));
+    const Expr c = p.chunks.x;
+    p.accumulator(p.x, p.y, p.k, p.n) = cast<int32_t>(0);
+    p.accumulator(p.x, p.y, p.k, p.n) +=
+        cast<int32_t>(p.narrow_sum(0, p.x, p.y, p.k, p.n, c)) + cast<int32_t>(p.narrow_sum(1, p.x, p.y, p.k, p.n, c));
+    return p.accumulator(p.x, p.y, p.k, p.n);
 }
 
 // The schedule knobs every convolution generator exposes as generator parameters.

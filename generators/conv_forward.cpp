@@ -4,6 +4,8 @@
 //            Y = acc * input_scale(n) * weight_scale(o), in double, rounded once to float.
 //            The scales are S 2^-e / qmax of each operand's group; the runtime splits operands
 //            whose groups vary along the reduction (runtime/conv.cpp), so here they do not.
+//   unsigned: the same on inputs known to be >= 0, as uint8 (no offset; int16 narrow sums
+//            on AVX2, see ConvForwardUnsigned).
 //   float:   the same correlation on float32 operands, the float32 baseline.
 // Algorithms only: schedules/ decides loops, vectors, threads.
 #include "conv_common.h"
@@ -55,6 +57,57 @@ private:
     ConvPipeline p;
 };
 
+// The same on unsigned inputs (activations in an unsigned format, after a ReLU): values
+// 0..qmax held as uint8, so uint8 x int8 products need no offset. With 4-term dot products
+// (VNNI) they go straight into int32; elsewhere they run as narrow sums (int16 over `chunk`
+// groups of 4 channels, pmaddubsw; see ConvPipeline), which the runtime uses only where
+// 2 K^2 chunk qmax_a qmax_w <= 32767, so that no int16 sum can overflow.
+class ConvForwardUnsigned : public Generator<ConvForwardUnsigned> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<int8_t, 4>> input{"input"};  // (x, y, c, n), every value >= 0
+    Input<Buffer<int8_t, 4>> weights{"weights"};
+    Input<Buffer<double, 1>> input_scale{"input_scale"};
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Input<int> chunk{"chunk"};  // groups of 4 channels per int16 sum (narrow sums only)
+    Output<Buffer<float, 4>> output{"output"};
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
+        p.group = 4;
+        Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
+        Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, [&](Expr ix, Expr iy) {
+            return cast<uint8_t>(a(ix, iy, channel_in_group(group, j, 4), n));
+        });
+        p.packed_weights(j, x, y, group, k) = w(x, y, channel_in_group(group, j, 4), k);
+        Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
+        Expr channels = input.dim(2).extent();
+        // GPUs: plain int32 sums of groups of 4 (no int16 instruction to gain from).
+        const bool narrow = dot_width(get_target(), dot) != 4 && !get_target().has_gpu_feature();
+        Expr sum = !narrow ? define_correlation(p, kernel_x, kernel_y, channels, stride, Int(32))
+                           : define_narrow_correlation(p, kernel_x, kernel_y, channels, stride, chunk);
+        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
+        p.output = output;
+
+        input.set_estimates(kActivationEstimate);
+        weights.set_estimates(kWeightEstimate);
+        input_scale.set_estimates({{0, kEstimateBatch}});
+        weight_scale.set_estimates({{0, kEstimateChannels}});
+        stride.set_estimate(1);
+        pad.set_estimate(1);
+        chunk.set_estimate(8);
+        output.set_estimates(kActivationEstimate);
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
 class ConvForwardFloat : public Generator<ConvForwardFloat> {
 public:
     LOWBIT_CONV_KNOBS
@@ -90,4 +143,5 @@ private:
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(ConvForward, conv_forward)
+HALIDE_REGISTER_GENERATOR(ConvForwardUnsigned, conv_forward_unsigned)
 HALIDE_REGISTER_GENERATOR(ConvForwardFloat, conv_forward_float)

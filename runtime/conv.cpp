@@ -14,6 +14,7 @@
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_float_variants.h"
+#include "conv_forward_unsigned_variants.h"
 #include "conv_forward_variants.h"
 
 namespace lowbit {
@@ -54,6 +55,18 @@ void check_no_overflow(int64_t terms, const QuantizedTensor &a, const QuantizedT
             fmt::format("conv: {} sums {} products of |q| <= {} x {}: int32 could overflow (limit 2^31)", what, terms,
                         a.format.qmax(), b.format.qmax()));
     }
+}
+
+// conv_forward_unsigned's narrow sums (schedules/pipelines.h) add 2 K^2 products of
+// |q| <= qmax_a qmax_w per group of 4 channels in int16: `chunk` groups keep every sum within
+// 32767. The most groups that fit, spread evenly over the layer's groups; 0 where not even
+// one fits (8-bit operands), and the signed kernel runs instead.
+int narrow_chunk(int64_t channels, int64_t K, const Format &a, const Format &w) {
+    const int64_t groups = (channels + 3) / 4, per_group = 2 * K * K * a.qmax() * w.qmax();
+    const int64_t most = std::numeric_limits<int16_t>::max() / per_group;
+    if (most < 1) return 0;
+    const int64_t chunks = (groups + most - 1) / most;
+    return int((groups + chunks - 1) / chunks);
 }
 
 // One piece of a quantized operand whose group scale does not vary along a pass's
@@ -388,6 +401,8 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     const Shape out_shape = conv_output_shape(input.shape, weights.shape, g);
     const int64_t N = input.shape[0], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(input.shape[1] * K * K, input, weights, "conv_forward");
+    // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_chunk).
+    const int chunk = input.format.has_sign ? 0 : narrow_chunk(input.shape[1], K, input.format, weights.format);
     // Output side: sample n of the input, output channel o (axis 0) of the weights.
     return sum_over_pieces(
         split(input, {0}), split(weights, {0}), out_shape, [&](const Piece &a, const Piece &w, Tensor &out) {
@@ -395,12 +410,19 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
             auto wb = nchw(w.values, weights.shape);
             Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
             auto ob = nchw(out.data(), out_shape);
+            auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
+                if (chunk > 0) {
+                    kernels::conv_forward_unsigned(ab, wb, sab, swb, stride, pad, chunk, ob);
+                } else {
+                    kernels::conv_forward(ab, wb, sab, swb, stride, pad, ob);
+                }
+            };
             if (strided_pointwise(weights.shape, g)) {
                 const Shape compact = {N, input.shape[1], out_shape[2], out_shape[3]};
                 std::vector<int8_t> gathered = gather_strided(a.values, input.shape, compact, g.stride);
-                kernels::conv_forward(nchw(gathered.data(), compact), wb, sab, swb, 1, 0, ob);
+                run(nchw<const int8_t>(gathered.data(), compact), 1, 0);
             } else {
-                kernels::conv_forward(nchw(a.values, input.shape), wb, sab, swb, g.stride, g.pad, ob);
+                run(nchw(a.values, input.shape), g.stride, g.pad);
             }
         });
 }

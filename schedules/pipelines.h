@@ -65,11 +65,22 @@ struct ConvParams {
 //   group 4: int8 inputs times weights offset by +128 to uint8 (vpdpbusd, which multiplies
 //            unsigned by signed bytes); the offset adds 128 * (window sum of the inputs),
 //            which `correction` computes from the per-position channel sums and subtracts.
+//            Unsigned inputs (conv_forward_unsigned) are uint8 already: no offset.
+// Narrow sums (unsigned inputs where there is no 4-term instruction, e.g. AVX2): uint8 x int8
+// pairs summed in int16 (pmaddubsw: twice the products per instruction of pmaddwd) over
+// `chunk` channel groups of 4 at a time, then widened into the int32 accumulator:
+//   narrow_sum(q, x, y, k, n, h) = sum_{i < 2, kx, ky, c < chunk} packed_input(2 q + i, x s + kx,
+//                  y s + ky, h chunk + c, n) * packed_weights(2 q + i, kx, ky, h chunk + c, k)
+//   accumulator(x, y, k, n) = sum_h narrow_sum(0, x, y, k, n, h) + narrow_sum(1, x, y, k, n, h)
+// Exact while no int16 sum can pass 32767; the runtime picks `chunk` to make it so.
 // output(x, y, k, n) scales the corrected sum (integer) or is it (float).
 struct ConvPipeline {
     Halide::Func packed_input{"packed_input"}, packed_weights{"packed_weights"};
     Halide::Func accumulator{"accumulator"};
-    Halide::Func channel_sum{"channel_sum"}, correction{"correction"};  // group 4 only
+    Halide::Func channel_sum{"channel_sum"}, correction{"correction"};  // group 4 with offset weights only
+    Halide::Func narrow_sum{"narrow_sum"};                              // narrow sums only
+    Halide::Var q{"q"};                                                 // which pair of a group of 4
+    Halide::RDom chunks;                                                // narrow sums: over h
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel group
@@ -78,7 +89,7 @@ struct ConvPipeline {
     // (x, y) extent, writes the source at its padded position: both loops have dense vector
     // loads and stores, where a boundary condition in one definition clamps x lane by lane.
     Halide::RDom interior;
-    Halide::RDom reduction;              // (j, kx, ky, channel group)
+    Halide::RDom reduction;              // (j, kx, ky, channel group); narrow sums: (i, kx, ky, c)
     Halide::RDom over_channels, window;  // of channel_sum and correction
     Halide::Expr stride, kernel, kernel_y;
     // backward-data's dilation of its errors (its layer's stride), or undefined; with stride,

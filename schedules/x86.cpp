@@ -151,11 +151,33 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(p.x)
         .unroll(p.y)
         .unroll(p.k);
-    // The window (kx, ky) runs inside the channel pairs; with K = 3 its kx (window_unroll 1)
-    // or kx and ky (window_unroll 2) are unrolled.
-    Stage update = p.accumulator.update();
-    update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
-    if (p.group > 1) update.atomic().vectorize(r[0]);
+    if (p.narrow_sum.defined()) {
+        // Narrow sums: per chunk, a register tile of int16 sums (both pairs q of a group of 4
+        // times v positions: 2v int16 lanes, one pmaddubsw each), widened into the int32 tile.
+        p.accumulator.update().reorder(p.x, p.k, p.y, p.chunks.x).vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
+        p.narrow_sum.compute_at(p.accumulator, p.chunks.x)
+            .bound_extent(p.q, 2)
+            .bound_extent(p.x, v * tile_x)
+            .bound_extent(p.y, tile_y)
+            .bound_extent(p.k, tile_k)
+            .store_in(MemoryType::Register)
+            .vectorize(p.q)
+            .vectorize(p.x, v)
+            .unroll(p.x)
+            .unroll(p.y)
+            .unroll(p.k);
+    }
+    // The window (kx, ky) runs inside the channel pairs (narrow sums: pairs of a group of 4);
+    // with K = 3 its kx (window_unroll 1) or kx and ky (window_unroll 2) are unrolled.
+    Stage update = p.narrow_sum.defined() ? p.narrow_sum.update() : p.accumulator.update();
+    if (p.narrow_sum.defined()) {
+        // atomic(true): saturating_add is associative here, as nothing saturates (see
+        // ConvPipeline), which Halide cannot prove.
+        update.reorder(r[0], p.q, p.x, p.k, p.y, r[1], r[2], r[3]).atomic(true).vectorize(r[0]).vectorize(p.q);
+    } else {
+        update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
+        if (p.group > 1) update.atomic().vectorize(r[0]);
+    }
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
     // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
     // load and a deinterleave). Each specialization inherits the schedule above.

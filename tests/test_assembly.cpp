@@ -73,6 +73,9 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     for (const char *pass : {"conv_forward_avx2.s", "conv_backward_data_avx2.s", "conv_backward_weight_avx2.s"}) {
         EXPECT_TRUE(hot_loop_uses(pass, "vpmaddwd", "ymm")) << pass;
     }
+    // Unsigned inputs: u8 x i8 without offset, 4-term on VNNI, int16 narrow sums on AVX2.
+    EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx512_vnni.s", "vpdpbusd", "zmm"));
+    EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx2.s", "vpmaddubsw", "ymm"));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "conv_backward_data_dot4_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_forward_dot4_variants.h"
+#include "conv_forward_unsigned_variants.h"
 #include "conv_forward_variants.h"
 #include "dispatch.h"
 #include "reference/conv_reference.h"
@@ -126,6 +127,24 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
     for (const ConvShape &s : shapes()) {
         check_integer_layer(s, "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", seed++);
     }
+}
+
+// Unsigned activations (as after a ReLU) run forward through conv_forward_unsigned: uint8 x
+// int8 products summed in int16 chunks on AVX2 (checked to have run).
+TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
+    uint32_t seed = 200;
+    for (const ConvShape &s : shapes()) {
+        check_integer_layer(s, "um4e0/g3/sample", "m3e0/g3/channel", "m1e2/g3/sample", seed++);
+    }
+    // 7-bit inputs: the int16 sums fit only two groups of 4 channels (a chunk of 2, the last
+    // one partial at 5 groups); 8-bit weights: not even one (the signed kernel runs).
+    const ConvShape wide = make_shape(2, 19, 7, 6, 3, 1);
+    check_integer_layer(wide, "um7e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", seed++);
+    check_integer_layer(wide, "um7e0/g3/sample", "m7e0/g3/channel", "m3e0/g3/sample", seed++);
+    for (const char *a : {"um1e0", "um2e1/g2/sample", "um3e0/g3/channel", "um2e0/g2/block4"}) {
+        check_integer_layer(make_shape(3, 9, 6, 5, 3, 2), a, "m2e1/g3/channel", "m1e2/g3/sample", seed++);
+    }
+    ASSERT_TRUE(kernels::conv_forward_unsigned.last_isa().has_value());
 }
 
 TEST(IntegerConv, EveryGroupAxisAndFormat) {
@@ -248,6 +267,16 @@ TEST(IntegerConv, NoOverflowAtExtremeOperands) {
         // Interior output: 64 * 9 terms of -127 * 127.
         EXPECT_EQ(y.at({1, 5, 3, 4}), float(-64.0 * 9 * 127 * 127));
         EXPECT_EQ(y.at({0, 0, 0, 0}), float(-64.0 * 4 * 127 * 127));  // corner: 2 x 2 window
+        // Unsigned 7-bit inputs at their maximum with 3-bit weights at -7: the int16 sums hold
+        // 2 groups of 4 channels, 2 * 9 * 2 products of 127 * 7 = 32004 at most (32767).
+        QuantizedTensor ua = constant(a_shape, 127, TensorRole::activation);
+        ua.format = parse_format("um7e0");
+        QuantizedTensor w7 = constant(w_shape, -7, TensorRole::weight);
+        w7.format = parse_format("m3e0");
+        w7.scale = 7.0f;
+        const Tensor uy = conv_forward(ua, w7, {1, 1});
+        EXPECT_EQ(uy.at({1, 5, 3, 4}), float(-64.0 * 9 * 127 * 7));
+        EXPECT_EQ(uy.at({0, 0, 0, 0}), float(-64.0 * 4 * 127 * 7));
         const QuantizedTensor e = constant({2, 64, 8, 8}, -127, TensorRole::error);
         const Tensor da = conv_backward_data(e, w, a_shape, {1, 1});
         EXPECT_EQ(da.at({1, 7, 4, 4}), float(64.0 * 9 * 127 * 127));
@@ -318,6 +347,45 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, shifts, stride,
                                             int(K / 2), int(K / 2), d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
+            }
+        }
+    }
+}
+
+// The unsigned kernel's int16 narrow sums against the signed int16-pair kernel on the same
+// non-negative values: identical outputs for every chunk of groups of 4 channels, including
+// a partial last chunk and chunks past the channel count, at the largest values whose
+// sums still fit (15 x 7 products: 2 * 9 * 105 per group, 15 groups within 32767).
+TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
+    using Halide::Runtime::Buffer;
+    std::mt19937 rng(78);
+    auto nchw = [](auto *data, const Shape &s) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
+    };
+    for (int64_t K : {1, 3}) {
+        for (int stride : {1, 2}) {
+            const int64_t C = 19;  // 5 groups of 4, the last one partial
+            const Shape a_shape = {2, C, 9, 8}, w_shape = {6, C, K, K};
+            const ConvGeometry g{stride, int(K / 2)};
+            const Shape y_shape = conv_output_shape(a_shape, w_shape, g);
+            std::vector<int8_t> a(size_t(shape_numel(a_shape))), w(size_t(shape_numel(w_shape)));
+            // Extremes in play: every third input at 15, every other weight at -7 or 7.
+            for (size_t i = 0; i < a.size(); i++) a[i] = int8_t(i % 3 == 0 ? 15 : rng() % 16);
+            for (size_t i = 0; i < w.size(); i++)
+                w[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 7 : -7) : int(rng() % 15) - 7);
+            std::vector<double> s2(2, 0.5), s6(6, 0.25);
+            Buffer<const double> s2b(s2.data(), 2), s6b(s6.data(), 6);
+            Tensor pairs = Tensor::uninitialized(y_shape);
+            kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, stride, int(K / 2),
+                                  nchw(pairs.data(), y_shape));
+            for (int chunk : {1, 2, 3, 5, 8}) {
+                SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " chunk " +
+                             std::to_string(chunk));
+                Tensor narrow = Tensor::uninitialized(y_shape);
+                kernels::conv_forward_unsigned(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, stride,
+                                               int(K / 2), chunk, nchw(narrow.data(), y_shape));
+                EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }
     }
