@@ -88,6 +88,7 @@ struct Row {
     std::string layer, pass;
     double macs;
     std::vector<double> int_ms, intq_ms, f32_ms, torch_ms;  // one per round
+    bool unsigned_input = false;  // forward on unsigned activations: its peak is the uint8 one
 };
 
 }  // namespace
@@ -106,11 +107,23 @@ int main(int argc, char **argv) {
         ->check(CLI::PositiveNumber);
     app.add_flag("--no-pytorch", no_pytorch);
     app.add_option("--only", only, "run only the passes whose \"layer pass\" contains this text");
+    // The defaults are what `lowbit train` uses in a layer after a ReLU (every layer here).
+    std::string a_text = "um4e0/g3/sample", w_text = "m3e0/g3/channel", e_text = "m1e2/g3/sample";
+    app.add_option("--a-format", a_text, "activations' format")->capture_default_str();
+    app.add_option("--w-format", w_text, "weights' format")->capture_default_str();
+    app.add_option("--e-format", e_text, "errors' format")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     set_num_threads(threads);
-    const Format a_format = parse_format("m3e0/g3/sample"), w_format = parse_format("m3e0/g3/channel");
-    const Format e_format = parse_format("m3e0/g3/sample");
+    Format a_format, w_format, e_format;
+    try {
+        a_format = parse_format(a_text);
+        w_format = parse_format(w_text);
+        e_format = parse_format(e_text);
+    } catch (const std::invalid_argument &error) {
+        fmt::print(stderr, "bench_conv: {}\n", error.what());
+        return 2;
+    }
     std::vector<Row> rows;
     std::vector<Peaks> peaks;  // one per round
     for (int round = 0; round < rounds; round++) {
@@ -143,7 +156,8 @@ int main(int argc, char **argv) {
                     run_int = [&] { conv_backward_weight(qe, qa, int(l.K), g); };
                     run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
                 }
-                if (round == 0) rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}});
+                if (round == 0)
+                    rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}, pass == 0 && !a_format.has_sign});
                 Row &r = rows[row++];
                 r.int_ms.push_back(median_ms(run_int, repetitions));
                 r.intq_ms.push_back(median_ms(
@@ -166,13 +180,17 @@ int main(int argc, char **argv) {
 
     fmt::print("ResNet-20 conv layers, batch {}, {} threads, kernels: {}, median of {}, {} round{}\n", batch, threads,
                to_string(forced_isa().value_or(best_isa())), repetitions, rounds, rounds > 1 ? "s" : "");
-    std::vector<double> integer_peaks, float_peaks;
+    fmt::print("formats: A {}, W {}, E {}\n", to_string(a_format), to_string(w_format), to_string(e_format));
+    std::vector<double> integer_peaks, unsigned_peaks, float_peaks;
     for (const Peaks &p : peaks) {
         integer_peaks.push_back(p.integer_gmacs);
+        unsigned_peaks.push_back(p.unsigned_gmacs);
         float_peaks.push_back(p.float_gmacs);
     }
-    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, float32 FMA {:.0f} G/s\n", peaks[0].integer_name,
-               median(integer_peaks), median(float_peaks));
+    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, {} {:.0f} G/s, float32 FMA {:.0f} G/s\n",
+               peaks[0].integer_name, median(integer_peaks), peaks[0].unsigned_name, median(unsigned_peaks),
+               median(float_peaks));
+    fmt::print("int/peak: of the {} peak where the forward pass takes unsigned activations\n", peaks[0].unsigned_name);
     fmt::print("G/s columns: medians over rounds; ratio columns: medians of the per-round ratios\n");
     fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
                "torch", "int/torch", "f32/torch", "int/peak");
@@ -187,7 +205,8 @@ int main(int argc, char **argv) {
             const double torch = gmacs(r.torch_ms[k]);
             int_torch.push_back(torch > 0 ? gmacs(r.int_ms[k]) / torch : 0.0);
             f32_torch.push_back(torch > 0 ? gmacs(r.f32_ms[k]) / torch : 0.0);
-            int_peak.push_back(gmacs(r.int_ms[k]) / peaks[k].integer_gmacs);
+            int_peak.push_back(gmacs(r.int_ms[k]) /
+                               (r.unsigned_input ? peaks[k].unsigned_gmacs : peaks[k].integer_gmacs));
         }
         fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer, r.pass,
                    median(speed_int), median(speed_intq), median(speed_f32), median(speed_torch), median(int_torch),

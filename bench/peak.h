@@ -1,6 +1,7 @@
 // The machine's measured arithmetic peaks on `threads` threads: the widest integer dot
-// product the CPU has (AVX-512 VNNI vpdpbusd, else AVX2 vpmaddwd) and float32 FMA, counted in
-// multiply-adds per second. Register-only loops with independent accumulators.
+// product the CPU has (AVX-512 VNNI vpdpbusd, else AVX2 vpmaddwd), the uint8 x int8 one of
+// unsigned inputs (vpdpbusd, else AVX2 vpmaddubsw into int16 sums) and float32 FMA, counted
+// in multiply-adds per second. Register-only loops with independent accumulators.
 #pragma once
 
 #include <immintrin.h>
@@ -12,8 +13,8 @@
 namespace lowbit {
 
 struct Peaks {
-    const char *integer_name;
-    double integer_gmacs, float_gmacs;
+    const char *integer_name, *unsigned_name;
+    double integer_gmacs, unsigned_gmacs, float_gmacs;
 };
 
 namespace detail {
@@ -38,6 +39,18 @@ __attribute__((target("avx2"))) inline int madd_loop(int seed) {
     const __m256i a = _mm256_set1_epi16(3), b = _mm256_set1_epi16(5);
     for (long k = 0; k < kPeakIterations; k++) {
         for (int i = 0; i < 10; i++) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, b));
+    }
+    int s = 0;
+    for (int i = 0; i < 10; i++) s += _mm256_cvtsi256_si32(acc[i]);
+    return s;
+}
+
+__attribute__((target("avx2"))) inline int maddubs_loop(int seed) {
+    __m256i acc[10];
+    for (int i = 0; i < 10; i++) acc[i] = _mm256_set1_epi16(int16_t(seed + i));
+    const __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(5);
+    for (long k = 0; k < kPeakIterations; k++) {
+        for (int i = 0; i < 10; i++) acc[i] = _mm256_adds_epi16(acc[i], _mm256_maddubs_epi16(a, b));
     }
     int s = 0;
     for (int i = 0; i < 10; i++) s += _mm256_cvtsi256_si32(acc[i]);
@@ -77,9 +90,13 @@ inline Peaks measure_peaks(int threads) {
     if (__builtin_cpu_supports("avx512vnni")) {
         p.integer_name = "int8 vpdpbusd";
         p.integer_gmacs = rate(threads, 10.0 * 64 * kPeakIterations, [](int t) { return dpbusd_loop(t); });
+        p.unsigned_name = p.integer_name;
+        p.unsigned_gmacs = p.integer_gmacs;
     } else {
         p.integer_name = "int16 vpmaddwd";
         p.integer_gmacs = rate(threads, 10.0 * 16 * kPeakIterations, [](int t) { return madd_loop(t); });
+        p.unsigned_name = "uint8 vpmaddubsw";
+        p.unsigned_gmacs = rate(threads, 10.0 * 32 * kPeakIterations, [](int t) { return maddubs_loop(t); });
     }
     return p;
 }
