@@ -10,7 +10,8 @@
 // is packed once, split into `stride` column phases: column m of phase f holds input column
 // m s + f - p, so the pair of inputs that meets the errors at (x, x + 1) through tap kx,
 // columns (x s + kx - p, (x + 1) s + kx - p), is the adjacent pair (m, m + 1) of phase
-// kx mod s, m = x + kx / s: no copy per tap, no gather.
+// kx mod s, m = x + kx / s: no copy per tap, no gather. Unsigned inputs (after a ReLU) pack
+// groups of 4 positions instead, for uint8 x int8 narrow sums (ConvBackwardWeightUnsigned).
 #include "conv_common.h"
 
 namespace {
@@ -19,33 +20,93 @@ using namespace Halide;
 using namespace lowbit::conv;
 using lowbit::schedules::ConvWeightPipeline;
 
-// The shared algorithm: operand is the packed type, acc the per-sample sum's. `input` is
-// read only inside its width x height.
+// Packs both operands in groups of p.group consecutive x positions: the errors as
+// `error_type`, the input as `input_type`, read only inside its width x height.
+template <class Input>
+void define_packed_operands(ConvWeightPipeline &p, Func errors, const Input &input, const Expr &out_w,
+                            const Expr &stride, const Expr &pad, Type error_type, Type input_type) {
+    Var j = p.j, c = p.c, o = p.o, n = p.n, xg("xg"), y("y");
+    Var m = p.m, phase = p.phase, row = p.row;
+    Expr x = p.group * xg + j;
+    // Zero past the last output column, so a group never reads past the row.
+    p.packed_errors(j, o, xg, y, n) = select(x < out_w, cast(error_type, errors(x, y, o, n)), cast(error_type, 0));
+    // Zeros (the padding), then the input at its phase-split position: both loops vectorize to
+    // dense loads (a boundary condition in one definition would clamp x lane by lane).
+    p.packed_input(m, phase, row, c, n) = cast(input_type, 0);
+    p.interior = RDom({{0, input.dim(0).extent()}, {0, input.dim(1).extent()}}, "interior");
+    const Expr column = p.interior.x + pad;
+    p.packed_input(column / stride, column % stride, p.interior.y + pad, c, n) =
+        cast(input_type, input(p.interior.x, p.interior.y, c, n));
+    p.stride = stride;
+}
+
+// The shared algorithm: operand is the packed type, acc the per-sample sum's.
 template <class Input>
 void define_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &input, const Expr &out_w,
                             const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type operand,
                             Type acc) {
-    Var j = p.j, kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, x2("x2"), y("y");
-    Var m = p.m, phase = p.phase, row = p.row;
-    const int pair = p.pairs ? 2 : 1;
-    Expr x = pair * x2 + j;
-    // Zero past the last output column, so a pair never reads past the row.
-    p.packed_errors(j, o, x2, y, n) = select(x < out_w, cast(operand, errors(x, y, o, n)), cast(operand, 0));
-    // Zeros (the padding), then the input at its phase-split position: both loops vectorize to
-    // dense loads (a boundary condition in one definition would clamp x lane by lane).
-    p.packed_input(m, phase, row, c, n) = cast(operand, 0);
-    p.interior = RDom({{0, input.dim(0).extent()}, {0, input.dim(1).extent()}}, "interior");
-    const Expr column = p.interior.x + pad;
-    p.packed_input(column / stride, column % stride, p.interior.y + pad, c, n) =
-        cast(operand, input(p.interior.x, p.interior.y, c, n));
-    p.positions = RDom({{0, pair}, {0, (out_w + pair - 1) / pair}, {0, out_h}}, "positions");
+    define_packed_operands(p, errors, input, out_w, stride, pad, operand, operand);
+    const int g = p.group;
+    p.positions = RDom({{0, g}, {0, (out_w + g - 1) / g}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
+    Var kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n;
     p.partial(o, c, kx, ky, n) = cast(acc, 0);
     p.partial(o, c, kx, ky, n) +=
         cast(acc, p.packed_errors(r[0], o, r[1], r[2], n)) *
-        cast(acc, p.packed_input(pair * r[1] + r[0] + kx / stride, kx % stride, r[2] * stride + ky, c, n));
+        cast(acc, p.packed_input(g * r[1] + r[0] + kx / stride, kx % stride, r[2] * stride + ky, c, n));
     p.samples = RDom(0, batch, "samples");
-    p.stride = stride;
+}
+
+// The narrow-sum algorithm of unsigned inputs (see ConvWeightPipeline): int8 errors times
+// uint8 inputs in groups of 4 x positions, summed in int16 over `chunk` rows at a time. Rows
+// past out_h read zero errors.
+template <class Input>
+void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &input, const Expr &out_w,
+                                   const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad,
+                                   const Expr &chunk) {
+    p.group = 4;
+    define_packed_operands(p, errors, input, out_w, stride, pad, Int(8), UInt(8));
+    p.positions = RDom({{0, 2}, {0, (out_w + 3) / 4}, {0, chunk}}, "positions");
+    p.chunks = RDom(0, (out_h + chunk - 1) / chunk, "chunks");
+    const RDom &r = p.positions;
+    Var kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, h("h");
+    const Expr j = 2 * p.q + r[0], y = h * chunk + r[2];
+    Expr e = p.packed_errors(j, o, r[1], y, n);
+    Expr a = p.packed_input(4 * r[1] + j + kx / stride, kx % stride, y * stride + ky, c, n);
+    // saturating_add: the form Halide matches to pmaddubsw; nothing saturates (the runtime
+    // sizes `chunk`).
+    p.narrow_sum(p.q, o, c, kx, ky, n, h) = cast<int16_t>(0);
+    p.narrow_sum(p.q, o, c, kx, ky, n, h) =
+        saturating_add(p.narrow_sum(p.q, o, c, kx, ky, n, h), cast<int16_t>(a) * cast<int16_t>(e));
+    const Expr rh = p.chunks.x;
+    p.partial(o, c, kx, ky, n) = cast<int32_t>(0);
+    p.partial(o, c, kx, ky, n) +=
+        cast<int32_t>(p.narrow_sum(0, o, c, kx, ky, n, rh)) + cast<int32_t>(p.narrow_sum(1, o, c, kx, ky, n, rh));
+    p.samples = RDom(0, batch, "samples");
+}
+
+// dW = sum_n partial(n) * error_scale(n, o) * input_scale(n, c), the samples in order.
+template <class Scales, class Output>
+void define_scaled_total(ConvWeightPipeline &p, const Scales &error_scale, const Scales &input_scale, Output &output) {
+    Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
+    const RDom &rn = p.samples;
+    p.total(kx, ky, c, o) = cast<double>(0);
+    // strict_float: the samples are added in order with the same rounding on every target.
+    p.total(kx, ky, c, o) = strict_float(p.total(kx, ky, c, o) + cast<double>(p.partial(o, c, kx, ky, rn)) *
+                                                                     error_scale(rn, o) * input_scale(rn, c));
+    output(kx, ky, c, o) = cast<float>(p.total(kx, ky, c, o));
+    p.output = output;
+}
+
+template <class Gen>
+void set_weight_gradient_estimates(Gen &gen) {
+    gen.errors.set_estimates(kActivationEstimate);
+    gen.input.set_estimates(kActivationEstimate);
+    gen.error_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
+    gen.input_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
+    gen.stride.set_estimate(1);
+    gen.pad.set_estimate(1);
+    gen.output.set_estimates(kWeightEstimate);
 }
 
 class ConvBackwardWeight : public Generator<ConvBackwardWeight> {
@@ -63,29 +124,44 @@ public:
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
                                stride, pad, Int(16), Int(32));
-        Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
-        const RDom &rn = p.samples;
-        p.total(kx, ky, c, o) = cast<double>(0);
-        // strict_float: the samples are added in order with the same rounding on every target.
-        p.total(kx, ky, c, o) = strict_float(p.total(kx, ky, c, o) + cast<double>(p.partial(o, c, kx, ky, rn)) *
-                                                                         error_scale(rn, o) * input_scale(rn, c));
-        output(kx, ky, c, o) = cast<float>(p.total(kx, ky, c, o));
-        p.output = output;
-        set_estimates();
+        define_scaled_total(p, error_scale, input_scale, output);
+        set_weight_gradient_estimates(*this);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }
 
 private:
-    void set_estimates() {
-        errors.set_estimates(kActivationEstimate);
-        input.set_estimates(kActivationEstimate);
-        error_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
-        input_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
-        stride.set_estimate(1);
-        pad.set_estimate(1);
-        output.set_estimates(kWeightEstimate);
+    ConvWeightPipeline p;
+};
+
+// The same on unsigned inputs (activations in an unsigned format): narrow sums of uint8
+// inputs times int8 errors (pmaddubsw on AVX2) over `chunk` rows of output positions, which
+// the runtime picks so that no int16 sum can overflow. The other targets run the same
+// algorithm (narrow sums are exact everywhere); only AVX2 is tuned for it.
+class ConvBackwardWeightUnsigned : public Generator<ConvBackwardWeightUnsigned> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<int8_t, 4>> errors{"errors"};  // (x, y, o, n)
+    Input<Buffer<int8_t, 4>> input{"input"};    // (x, y, c, n), every value >= 0
+    Input<Buffer<double, 2>> error_scale{"error_scale"};
+    Input<Buffer<double, 2>> input_scale{"input_scale"};
+    Input<int> stride{"stride"};
+    Input<int> pad{"pad"};
+    Input<int> chunk{"chunk"};  // rows of output positions per int16 sum
+    Output<Buffer<float, 4>> output{"output"};
+
+    void generate() {
+        Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
+        define_narrow_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(),
+                                      errors.dim(3).extent(), stride, pad, chunk);
+        define_scaled_total(p, error_scale, input_scale, output);
+        set_weight_gradient_estimates(*this);
+        chunk.set_estimate(16);
     }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
     ConvWeightPipeline p;
 };
 
@@ -99,7 +175,7 @@ public:
     Output<Buffer<float, 4>> output{"output"};  // (kx, ky, c, o)
 
     void generate() {
-        p.pairs = false;
+        p.group = 1;
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
                                stride, pad, Float(32), Float(32));
@@ -125,4 +201,5 @@ private:
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(ConvBackwardWeight, conv_backward_weight)
+HALIDE_REGISTER_GENERATOR(ConvBackwardWeightUnsigned, conv_backward_weight_unsigned)
 HALIDE_REGISTER_GENERATOR(ConvBackwardWeightFloat, conv_backward_weight_float)

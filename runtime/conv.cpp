@@ -12,6 +12,7 @@
 #include "conv_backward_data_float_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_weight_float_variants.h"
+#include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_float_variants.h"
 #include "conv_forward_unsigned_variants.h"
@@ -67,6 +68,18 @@ int narrow_chunk(int64_t channels, int64_t K, const Format &a, const Format &w) 
     if (most < 1) return 0;
     const int64_t chunks = (groups + most - 1) / most;
     return int((groups + chunks - 1) / chunks);
+}
+
+// conv_backward_weight_unsigned's narrow sums add, per row of output positions, 2 products
+// of |q| <= qmax_a qmax_e for each group of 4 columns in int16: the most rows per chunk that
+// keep every sum within 32767, spread evenly over the rows (0: not one row fits, and the
+// signed kernel runs).
+int narrow_rows(int64_t out_width, int64_t out_height, const Format &a, const Format &e) {
+    const int64_t per_row = 2 * ((out_width + 3) / 4) * a.qmax() * e.qmax();
+    const int64_t most = std::numeric_limits<int16_t>::max() / per_row;
+    if (most < 1) return 0;
+    const int64_t chunks = (out_height + most - 1) / most;
+    return int((out_height + chunks - 1) / chunks);
 }
 
 // One piece of a quantized operand whose group scale does not vary along a pass's
@@ -473,6 +486,8 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
     const int64_t N = input.shape[0], C = input.shape[1], O = errors.shape[1];
     // One sample's sum runs over its output positions; samples are combined in double.
     check_no_overflow(out_shape[2] * out_shape[3], errors, input, "conv_backward_weight (per sample)");
+    // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_rows).
+    const int chunk = input.format.has_sign ? 0 : narrow_rows(out_shape[3], out_shape[2], input.format, errors.format);
     // Scales may vary per sample and per channel: both are outside the per-sample sums.
     return sum_over_pieces(split(errors, {0, 1}), split(input, {0, 1}), w_shape,
                            [&](const Piece &e, const Piece &a, Tensor &out) {
@@ -488,7 +503,11 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
                                auto ab = nchw(a.values, input.shape);
                                Buffer<const double> seb(se.data(), {int(N), int(O)}), sab(sa.data(), {int(N), int(C)});
                                auto ob = nchw(out.data(), w_shape);
-                               kernels::conv_backward_weight(eb, ab, seb, sab, g.stride, g.pad, ob);
+                               if (chunk > 0) {
+                                   kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, g.stride, g.pad, chunk, ob);
+                               } else {
+                                   kernels::conv_backward_weight(eb, ab, seb, sab, g.stride, g.pad, ob);
+                               }
                            });
 }
 

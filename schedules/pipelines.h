@@ -98,12 +98,17 @@ struct ConvPipeline {
     int group = 2;
 };
 
-// conv_backward_weight: per-sample integer partial sums over the output positions, packed as
-// pairs along x, combined over samples in double:
+// conv_backward_weight: per-sample integer partial sums over the output positions, packed in
+// groups of `group` consecutive x (2: int16 pairs), combined over samples in double:
 //   partial(o, c, kx, ky, n) = sum_{j, x2, y} packed_errors(j, o, x2, y, n)
 //                                             * packed_input(2 x2 + j + kx / s, kx % s, y s + ky, c, n)
 // packed_input(m, phase, row, c, n) is the input split into s column phases (see the generator).
 //   total(kx, ky, c, o) = sum_n partial(o, c, kx, ky, n) * scales(n, o, c)
+// Narrow sums (unsigned inputs, as in ConvPipeline): groups of 4 x, uint8 inputs times int8
+// errors summed in int16 over `chunk` rows of output positions at a time:
+//   narrow_sum(q, o, c, kx, ky, n, h) = sum_{i < 2, x4, y < chunk} packed_errors(2 q + i, o, x4,
+//                  h chunk + y, n) * packed_input(4 x4 + 2 q + i + kx / s, kx % s, (h chunk + y) s + ky, c, n)
+//   partial(o, c, kx, ky, n) = sum_h narrow_sum(0, ..., h) + narrow_sum(1, ..., h)
 struct ConvWeightPipeline {
     Halide::Func packed_errors{"packed_errors"}, packed_input{"packed_input"};
     Halide::Func partial{"partial"}, total{"total"};
@@ -113,10 +118,13 @@ struct ConvWeightPipeline {
     // packed_input is zeros (the padding), then an update over `interior`, the input's
     // (x, y) extent, as in ConvPipeline.
     Halide::RDom interior;
-    Halide::RDom positions;  // (j, x2, y): one sample's output positions
+    Halide::RDom positions;  // (j, x2, y): one sample's output positions; narrow sums: (i, x4, y) of a chunk
     Halide::RDom samples;    // n
     Halide::Expr stride;
-    bool pairs = true;  // int16 pairs along x; float32 operands when false
+    int group = 2;                          // x positions per group: 1 float32, 2 int16 pairs, 4 narrow sums
+    Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only
+    Halide::Var q{"q"};                     // which pair of a group of 4
+    Halide::RDom chunks;                    // narrow sums: over h
 };
 
 }  // namespace lowbit::schedules

@@ -271,14 +271,32 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .vectorize(p.o, v)
         .unroll(p.o)
         .unroll(p.c);
-    Stage update = p.partial.update();
-    update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
-    if (p.pairs) update.atomic().vectorize(r[0]);
+    if (p.narrow_sum.defined()) {
+        // Narrow sums: per chunk of rows, the same tile in int16 (both pairs q of a group of 4
+        // times v output channels: 2v lanes, one pmaddubsw each), widened into the int32 tile.
+        p.partial.update().reorder(p.o, p.c, p.chunks.x).vectorize(p.o, v).unroll(p.o).unroll(p.c);
+        p.narrow_sum.compute_at(p.partial, p.chunks.x)
+            .bound_extent(p.q, 2)
+            .bound_extent(p.o, tile_o)
+            .bound_extent(p.c, tile_c)
+            .store_in(MemoryType::Register)
+            .vectorize(p.q)
+            .vectorize(p.o, v)
+            .unroll(p.o)
+            .unroll(p.c);
+    }
+    Stage update = p.narrow_sum.defined() ? p.narrow_sum.update() : p.partial.update();
+    if (p.narrow_sum.defined()) {
+        // atomic(true): saturating_add is associative here, as nothing saturates.
+        update.reorder(r[0], p.q, p.o, p.c, r[1], r[2]).atomic(true).vectorize(r[0]).vectorize(p.q);
+    } else {
+        update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
+        if (p.group > 1) update.atomic().vectorize(r[0]);
+    }
     update.vectorize(p.o, v).unroll(p.o).unroll(p.c);
 
-    const int pair = p.pairs ? 2 : 1;
     p.packed_errors.compute_root()
-        .bound(p.j, 0, pair)
+        .bound(p.j, 0, p.group)
         .unroll(p.j)
         .vectorize(p.o, v, TailStrategy::GuardWithIf)
         .parallel(p.n);

@@ -76,6 +76,7 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     // Unsigned inputs: u8 x i8 without offset, 4-term on VNNI, int16 narrow sums on AVX2.
     EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx512_vnni.s", "vpdpbusd", "zmm"));
     EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx2.s", "vpmaddubsw", "ymm"));
+    EXPECT_TRUE(hot_loop_uses("conv_backward_weight_unsigned_avx2.s", "vpmaddubsw", "ymm"));
 }
 
 }  // namespace

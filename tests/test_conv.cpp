@@ -15,6 +15,8 @@
 #include "conv.h"
 #include "conv_backward_data_dot4_variants.h"
 #include "conv_backward_data_variants.h"
+#include "conv_backward_weight_unsigned_variants.h"
+#include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
 #include "conv_forward_unsigned_variants.h"
 #include "conv_forward_variants.h"
@@ -129,8 +131,9 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
     }
 }
 
-// Unsigned activations (as after a ReLU) run forward through conv_forward_unsigned: uint8 x
-// int8 products summed in int16 chunks on AVX2 (checked to have run).
+// Unsigned activations (as after a ReLU) run forward and weight gradient through the
+// *_unsigned kernels: uint8 x int8 products summed in int16 chunks on AVX2 (checked to have
+// run).
 TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
     uint32_t seed = 200;
     for (const ConvShape &s : shapes()) {
@@ -145,6 +148,7 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
         check_integer_layer(make_shape(3, 9, 6, 5, 3, 2), a, "m2e1/g3/channel", "m1e2/g3/sample", seed++);
     }
     ASSERT_TRUE(kernels::conv_forward_unsigned.last_isa().has_value());
+    ASSERT_TRUE(kernels::conv_backward_weight_unsigned.last_isa().has_value());
 }
 
 TEST(IntegerConv, EveryGroupAxisAndFormat) {
@@ -290,6 +294,19 @@ TEST(IntegerConv, NoOverflowAtExtremeOperands) {
         EXPECT_EQ(dw.at({3, 5, 1, 1}), float(-256.0 * 32 * 32 * 127 * 127));
         EXPECT_EQ(dw.at({3, 5, 0, 0}), float(-256.0 * 31 * 31 * 127 * 127));
     }
+    {
+        // Unsigned 7-bit inputs at 127 with errors at -8 (m1e2): each int16 sum holds 2 rows
+        // of 8 groups of 4 columns, 2 * 2 * 8 products of 127 * 8 = 32512 at most (32767).
+        const Shape a_shape = {4, 16, 32, 32};
+        QuantizedTensor a = constant(a_shape, 127, TensorRole::activation);
+        a.format = parse_format("um7e0");
+        QuantizedTensor e = constant(a_shape, -8, TensorRole::error);
+        e.format = parse_format("m1e2");
+        e.scale = 8.0f;
+        const Tensor dw = conv_backward_weight(e, a, 3, {1, 1});
+        EXPECT_EQ(dw.at({3, 5, 1, 1}), float(-4.0 * 32 * 32 * 127 * 8));
+        EXPECT_EQ(dw.at({3, 5, 0, 0}), float(-4.0 * 31 * 31 * 127 * 8));
+    }
 }
 
 TEST(IntegerConv, RejectsMismatchedOperands) {
@@ -385,6 +402,42 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
                 Tensor narrow = Tensor::uninitialized(y_shape);
                 kernels::conv_forward_unsigned(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, stride,
                                                int(K / 2), chunk, nchw(narrow.data(), y_shape));
+                EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
+            }
+        }
+    }
+}
+
+// The same for the weight gradient: narrow sums over chunks of rows of output positions
+// (a partial last chunk, chunks past the row count) against the int16-pair kernel, odd widths
+// (groups of 4 columns running past the row), both strides.
+TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
+    using Halide::Runtime::Buffer;
+    std::mt19937 rng(79);
+    auto nchw = [](auto *data, const Shape &s) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
+    };
+    for (int64_t K : {1, 3}) {
+        for (int stride : {1, 2}) {
+            const Shape a_shape = {3, 5, 11, 13}, w_shape = {7, 5, K, K};
+            const ConvGeometry g{stride, int(K / 2)};
+            const Shape e_shape = conv_output_shape(a_shape, w_shape, g);
+            std::vector<int8_t> a(size_t(shape_numel(a_shape))), e(size_t(shape_numel(e_shape)));
+            for (size_t i = 0; i < a.size(); i++) a[i] = int8_t(i % 3 == 0 ? 15 : rng() % 16);
+            for (size_t i = 0; i < e.size(); i++)
+                e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
+            std::vector<double> se(size_t(3 * 7), 0.5), sa(size_t(3 * 5), 0.25);
+            Buffer<const double> seb(se.data(), {3, 7}), sab(sa.data(), {3, 5});
+            Tensor pairs = Tensor::uninitialized(w_shape);
+            kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride,
+                                          int(K / 2), nchw(pairs.data(), w_shape));
+            for (int chunk : {1, 2, 4, 5, 16}) {
+                SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " chunk " +
+                             std::to_string(chunk));
+                Tensor narrow = Tensor::uninitialized(w_shape);
+                kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
+                                                       stride, int(K / 2), chunk, nchw(narrow.data(), w_shape));
                 EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }
