@@ -88,7 +88,7 @@ struct Row {
     std::string layer, pass;
     double macs;
     std::vector<double> int_ms, intq_ms, f32_ms, torch_ms;  // one per round
-    bool unsigned_input = false;  // forward on unsigned activations: its peak is the uint8 one
+    bool unsigned_input = false;                            // a pass on unsigned activations: its peak is the uint8 one
 };
 
 }  // namespace
@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
                     run_f32 = [&] { conv_backward_weight(e, a, int(l.K), g); };
                 }
                 if (round == 0)
-                    rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}, pass == 0 && !a_format.has_sign});
+                    rows.push_back({l.name, kPasses[pass], macs, {}, {}, {}, {}, pass != 1 && !a_format.has_sign});
                 Row &r = rows[row++];
                 r.int_ms.push_back(median_ms(run_int, repetitions));
                 r.intq_ms.push_back(median_ms(
@@ -190,7 +190,8 @@ int main(int argc, char **argv) {
     fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, {} {:.0f} G/s, float32 FMA {:.0f} G/s\n",
                peaks[0].integer_name, median(integer_peaks), peaks[0].unsigned_name, median(unsigned_peaks),
                median(float_peaks));
-    fmt::print("int/peak: of the {} peak where the forward pass takes unsigned activations\n", peaks[0].unsigned_name);
+    fmt::print("int/peak: of the {} peak where a pass takes unsigned activations (forward, backward-weight)\n",
+               peaks[0].unsigned_name);
     fmt::print("G/s columns: medians over rounds; ratio columns: medians of the per-round ratios\n");
     fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
                "torch", "int/torch", "f32/torch", "int/peak");

@@ -15,10 +15,12 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
 
 namespace lowbit::schedules::x86 {
 
-// conv_forward, conv_backward_data: register tiles of (vector of x) x (channels), integer
-// pairs reduced by pmaddwd (AVX2) / vpmaddwd zmm (AVX-512).
+// conv_forward, conv_backward_data: register tiles of (vector of x) x (rows) x (channels),
+// integer pairs reduced by pmaddwd (AVX2) / 4-term vpdpbusd (AVX-512 VNNI); unsigned inputs'
+// narrow sums by pmaddubsw into int16 tiles, widened per chunk (AVX2).
 void schedule_conv(ConvPipeline p, const ConvParams &params, const Halide::Target &target);
-// conv_backward_weight: register tiles of (vector of o) x (channels c), per sample.
+// conv_backward_weight: register tiles of (vector of o) x (channels c), per sample; narrow
+// sums as above for unsigned inputs.
 void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Halide::Target &target);
 
 }  // namespace lowbit::schedules::x86
