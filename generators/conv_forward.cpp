@@ -16,6 +16,17 @@ using namespace Halide;
 using namespace lowbit::conv;
 using lowbit::schedules::ConvPipeline;
 
+template <class Gen>
+void set_integer_forward_estimates(Gen &gen) {
+    gen.input.set_estimates(kActivationEstimate);
+    gen.weights.set_estimates(kWeightEstimate);
+    gen.input_scale.set_estimates({{0, kEstimateBatch}});
+    gen.weight_scale.set_estimates({{0, kEstimateChannels}});
+    gen.stride.set_estimate(1);
+    gen.pad.set_estimate(1);
+    gen.output.set_estimates(kActivationEstimate);
+}
+
 class ConvForward : public Generator<ConvForward> {
 public:
     LOWBIT_CONV_KNOBS
@@ -42,13 +53,7 @@ public:
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
 
-        input.set_estimates(kActivationEstimate);
-        weights.set_estimates(kWeightEstimate);
-        input_scale.set_estimates({{0, kEstimateBatch}});
-        weight_scale.set_estimates({{0, kEstimateChannels}});
-        stride.set_estimate(1);
-        pad.set_estimate(1);
-        output.set_estimates(kActivationEstimate);
+        set_integer_forward_estimates(*this);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }
@@ -92,14 +97,8 @@ public:
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
 
-        input.set_estimates(kActivationEstimate);
-        weights.set_estimates(kWeightEstimate);
-        input_scale.set_estimates({{0, kEstimateBatch}});
-        weight_scale.set_estimates({{0, kEstimateChannels}});
-        stride.set_estimate(1);
-        pad.set_estimate(1);
+        set_integer_forward_estimates(*this);
         chunk.set_estimate(8);
-        output.set_estimates(kActivationEstimate);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }

@@ -72,6 +72,14 @@ void expect_close(const Tensor &y, const std::vector<double> &ref, const std::ve
     }
 }
 
+using Halide::Runtime::Buffer;
+
+// A kernel's view of an NCHW / OIHW array: innermost first.
+template <class T>
+Buffer<T> nchw(T *data, const Shape &s) {
+    return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
+}
+
 struct Case {
     ConvShape shape;
     const char *a_format, *w_format, *e_format;
@@ -326,17 +334,12 @@ TEST(IntegerConv, RejectsMismatchedOperands) {
 // identical outputs at every padding border, channel count (not only multiples of 4), kernel
 // size and stride, with the extreme values -127 and 127 in play.
 TEST(IntegerConv, FourTermDotProductsMatchPairs) {
-    using Halide::Runtime::Buffer;
     std::mt19937 rng(77);
     std::uniform_int_distribution<int> value(-127, 127);
     auto random_q = [&](const Shape &shape) {
         std::vector<int8_t> q(size_t(shape_numel(shape)));
         for (int8_t &v : q) v = int8_t(value(rng));
         return q;
-    };
-    auto nchw = [](auto *data, const Shape &s) {
-        using T = std::remove_pointer_t<decltype(data)>;
-        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
     };
     for (int64_t K : {1, 3, 5}) {
         for (int stride : {1, 2}) {
@@ -374,12 +377,7 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
 // a partial last chunk and chunks past the channel count, at the largest values whose
 // sums still fit (15 x 7 products: 2 * 9 * 105 per group, 15 groups within 32767).
 TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
-    using Halide::Runtime::Buffer;
     std::mt19937 rng(78);
-    auto nchw = [](auto *data, const Shape &s) {
-        using T = std::remove_pointer_t<decltype(data)>;
-        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
-    };
     for (int64_t K : {1, 3}) {
         for (int stride : {1, 2}) {
             const int64_t C = 19;  // 5 groups of 4, the last one partial
@@ -412,12 +410,7 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
 // (a partial last chunk, chunks past the row count) against the int16-pair kernel, odd widths
 // (groups of 4 columns running past the row), both strides.
 TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
-    using Halide::Runtime::Buffer;
     std::mt19937 rng(79);
-    auto nchw = [](auto *data, const Shape &s) {
-        using T = std::remove_pointer_t<decltype(data)>;
-        return Buffer<T>(data, {int(s[3]), int(s[2]), int(s[1]), int(s[0])});
-    };
     for (int64_t K : {1, 3}) {
         for (int stride : {1, 2}) {
             const Shape a_shape = {3, 5, 11, 13}, w_shape = {7, 5, K, K};
