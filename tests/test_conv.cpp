@@ -229,11 +229,12 @@ TEST(IntegerConv, ForwardIsExactIntegerSumTimesScales) {
     }
 }
 
-// Every compiled variant this CPU runs gives bit-identical outputs.
-TEST(IntegerConv, VariantsGiveIdenticalResults) {
+// Every compiled variant this CPU runs gives bit-identical outputs, for signed and unsigned
+// activations (the *_unsigned kernels' variants too).
+void check_variants_agree(const char *a_format) {
     const ConvShape s = make_shape(3, 10, 9, 7, 3, 2);
     const ConvGeometry g{2, 1};
-    const QuantizedTensor a = quantize(random_tensor({s.N, s.C, s.H, s.W}, 5, true), parse_format("m3e0/g3/sample"));
+    const QuantizedTensor a = quantize(random_tensor({s.N, s.C, s.H, s.W}, 5, true), parse_format(a_format));
     const QuantizedTensor w = quantize(random_tensor({s.O, s.C, s.K, s.K}, 6), parse_format("m3e0/g3/channel"),
                                        Rounding::nearest, 0, 0, 0, TensorRole::weight);
     const QuantizedTensor e =
@@ -259,6 +260,13 @@ TEST(IntegerConv, VariantsGiveIdenticalResults) {
     }
     force_isa(std::nullopt);
     set_num_threads(0);
+}
+
+TEST(IntegerConv, VariantsGiveIdenticalResults) {
+    for (const char *a_format : {"m3e0/g3/sample", "um4e0/g3/sample"}) {
+        SCOPED_TRACE(a_format);
+        check_variants_agree(a_format);
+    }
 }
 
 // Extreme operands, all |q| = qmax, at the longest reductions of ResNet-56 at batch 256:
