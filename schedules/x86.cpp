@@ -32,6 +32,39 @@ void reduce_rows_in_lanes(Func rows, const RDom &over_row, const Var &a, const V
     partial.update().vectorize(lane);
 }
 
+// Narrow sums (ConvPipeline, ConvWeightPipeline): per chunk, a register tile of int16 sums
+// (both pairs q of a group of 4 times the tile, the tile's first axis vectorized by v: 2v
+// int16 lanes, one pmaddubsw each), widened into `wide`'s int32 tile. `tile` lists the tile's
+// axes innermost first with their extents, `outer` the reduction's remaining axes. Returns the
+// narrow sums' update, for the window specializations.
+Stage schedule_narrow_sums(Func narrow, Func wide, const RVar &chunk, const RVar &pair_element, const Var &q,
+                           const std::vector<std::pair<Var, int>> &tile, const std::vector<RVar> &outer, int v) {
+    const Var vectorized = tile[0].first;
+    std::vector<VarOrRVar> wide_order, narrow_order = {pair_element, q};
+    for (const auto &[axis, extent] : tile) {
+        wide_order.push_back(axis);
+        narrow_order.push_back(axis);
+    }
+    wide_order.push_back(chunk);
+    narrow_order.insert(narrow_order.end(), outer.begin(), outer.end());
+    Stage wide_update = wide.update();
+    wide_update.reorder(wide_order).vectorize(vectorized, v);
+    narrow.compute_at(wide, chunk)
+        .bound_extent(q, 2)
+        .store_in(MemoryType::Register)
+        .vectorize(q)
+        .vectorize(vectorized, v);
+    for (const auto &[axis, extent] : tile) {
+        wide_update.unroll(axis);
+        narrow.bound_extent(axis, extent).unroll(axis);
+    }
+    // atomic(true): saturating_add is associative here, as nothing saturates (the runtime
+    // sizes the chunks), which Halide cannot prove.
+    Stage update = narrow.update();
+    update.reorder(narrow_order).atomic(true).vectorize(pair_element).vectorize(q);
+    return update;
+}
+
 }  // namespace
 
 // quantize_scales: memory-bound, one read of the tensor, rows spread over the threads; the
@@ -153,29 +186,12 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(p.x)
         .unroll(p.y)
         .unroll(p.k);
-    if (p.narrow_sum.defined()) {
-        // Narrow sums: per chunk, a register tile of int16 sums (both pairs q of a group of 4
-        // times v positions: 2v int16 lanes, one pmaddubsw each), widened into the int32 tile.
-        p.accumulator.update().reorder(p.x, p.k, p.y, p.chunks.x).vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
-        p.narrow_sum.compute_at(p.accumulator, p.chunks.x)
-            .bound_extent(p.q, 2)
-            .bound_extent(p.x, v * tile_x)
-            .bound_extent(p.y, tile_y)
-            .bound_extent(p.k, tile_k)
-            .store_in(MemoryType::Register)
-            .vectorize(p.q)
-            .vectorize(p.x, v)
-            .unroll(p.x)
-            .unroll(p.y)
-            .unroll(p.k);
-    }
     // The window (kx, ky) runs inside the channel pairs (narrow sums: pairs of a group of 4);
     // with K = 3 its kx (window_unroll 1) or kx and ky (window_unroll 2) are unrolled.
-    Stage update = p.narrow_sum.defined() ? p.narrow_sum.update() : p.accumulator.update();
+    Stage update = p.accumulator.update();
     if (p.narrow_sum.defined()) {
-        // atomic(true): saturating_add is associative here, as nothing saturates (see
-        // ConvPipeline), which Halide cannot prove.
-        update.reorder(r[0], p.q, p.x, p.k, p.y, r[1], r[2], r[3]).atomic(true).vectorize(r[0]).vectorize(p.q);
+        update = schedule_narrow_sums(p.narrow_sum, p.accumulator, p.chunks.x, r[0], p.q,
+                                      {{p.x, v * tile_x}, {p.k, tile_k}, {p.y, tile_y}}, {r[1], r[2], r[3]}, v);
     } else {
         update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
         if (p.group > 1) update.atomic().vectorize(r[0]);
@@ -274,24 +290,11 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
         .vectorize(p.o, v)
         .unroll(p.o)
         .unroll(p.c);
+    Stage update = p.partial.update();
     if (p.narrow_sum.defined()) {
-        // Narrow sums: per chunk of rows, the same tile in int16 (both pairs q of a group of 4
-        // times v output channels: 2v lanes, one pmaddubsw each), widened into the int32 tile.
-        p.partial.update().reorder(p.o, p.c, p.chunks.x).vectorize(p.o, v).unroll(p.o).unroll(p.c);
-        p.narrow_sum.compute_at(p.partial, p.chunks.x)
-            .bound_extent(p.q, 2)
-            .bound_extent(p.o, tile_o)
-            .bound_extent(p.c, tile_c)
-            .store_in(MemoryType::Register)
-            .vectorize(p.q)
-            .vectorize(p.o, v)
-            .unroll(p.o)
-            .unroll(p.c);
-    }
-    Stage update = p.narrow_sum.defined() ? p.narrow_sum.update() : p.partial.update();
-    if (p.narrow_sum.defined()) {
-        // atomic(true): saturating_add is associative here, as nothing saturates.
-        update.reorder(r[0], p.q, p.o, p.c, r[1], r[2]).atomic(true).vectorize(r[0]).vectorize(p.q);
+        // Narrow sums over chunks of rows: the same tile in int16.
+        update = schedule_narrow_sums(p.narrow_sum, p.partial, p.chunks.x, r[0], p.q, {{p.o, tile_o}, {p.c, tile_c}},
+                                      {r[1], r[2]}, v);
     } else {
         update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
         if (p.group > 1) update.atomic().vectorize(r[0]);
