@@ -12,6 +12,9 @@
 //            weights before accumulation (method.md section 4; exact while nothing overflows,
 //            which the runtime checks). The 4-term u8 x i8 path has no room for shifts: its
 //            callers pass zeros and split W into exponent classes instead.
+//   narrow:  the same as narrow sums (pmaddubsw on AVX2, see ConvBackwardDataNarrow): the
+//            shifted weights offset to uint8, times int8 errors, int16 sums over chunks of
+//            channels, the offset's contribution subtracted.
 //   float:   the float32 baseline.
 #include "conv_common.h"
 
@@ -54,6 +57,8 @@ public:
         }
         p.packed_weights(j, x, y, group, k) = weight;
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Int(32));
+        if (g == 4)
+            sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, 1, kWeightOffset4);
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
@@ -66,6 +71,69 @@ public:
         stride.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);
+        output.set_estimates(kActivationEstimate);
+    }
+
+    void schedule() { schedule_conv(get_target(), p, params()); }
+
+private:
+    ConvPipeline p;
+};
+
+// Narrow sums for AVX2, where the int16-pair kernel above runs pmaddwd: pmaddubsw multiplies
+// twice the products per instruction but needs one operand unsigned. The errors are signed
+// (and their zero padding must stay zero), so the weights are made unsigned instead: the
+// shifted weights plus weight_offset (>= -their minimum), with
+//   sum_{o, window} E (W + offset) = sum E W + offset * (window sum of E over all o),
+// the correction computed once per position (define_offset_correction), not per channel c.
+// Summed in int16 over `chunk` groups of 4 output channels o, then in int32; the runtime picks
+// offset and chunk so that the weights fit uint8 and no int16 sum can pass 32767
+// (2 kernel_x kernel_y chunk qmax_e (max W + offset) <= 32767).
+class ConvBackwardDataNarrow : public Generator<ConvBackwardDataNarrow> {
+public:
+    LOWBIT_CONV_KNOBS
+    Input<Buffer<int8_t, 4>> errors{"errors"};               // (x, y, o, n)
+    Input<Buffer<int8_t, 4>> weights{"weights"};             // (kx, ky, c, o)
+    Input<Buffer<double, 1>> error_scale{"error_scale"};     // (n)
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
+    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
+    Input<int> weight_offset{"weight_offset"};               // added to the shifted weights
+    Input<int> stride{"stride"};
+    Input<int> pad_x{"pad_x"};
+    Input<int> pad_y{"pad_y"};
+    Input<int> chunk{"chunk"};                  // groups of 4 output channels per int16 sum
+    Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
+
+    void generate() {
+        Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
+        p.group = 4;
+        Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
+        Expr channels = errors.dim(2).extent();
+        Func e = channel_bounded(errors, channels, cast<int8_t>(0));
+        Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
+        Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+        const Expr o = channel_in_group(group, j, 4);
+        define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
+                            kernel_y - 1 - pad_y, stride, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
+        // A channel past the last o has weight `offset` here, but its errors are zero.
+        Expr shifted = cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o));
+        p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
+        Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, 1, chunk) -
+                   define_offset_correction(p, e, channels, kernel_x, kernel_y, 1, weight_offset);
+        p.dilation = stride;
+        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
+        p.output = output;
+
+        errors.set_estimates(kActivationEstimate);
+        weights.set_estimates(kWeightEstimate);
+        error_scale.set_estimates({{0, kEstimateBatch}});
+        weight_scale.set_estimates({{0, kEstimateChannels}});
+        weight_shift.set_estimates({{0, kEstimateChannels}});
+        weight_offset.set_estimate(7);
+        stride.set_estimate(1);
+        pad_x.set_estimate(1);
+        pad_y.set_estimate(1);
+        chunk.set_estimate(8);
         output.set_estimates(kActivationEstimate);
     }
 
@@ -115,4 +183,5 @@ private:
 }  // namespace
 
 HALIDE_REGISTER_GENERATOR(ConvBackwardData, conv_backward_data)
+HALIDE_REGISTER_GENERATOR(ConvBackwardDataNarrow, conv_backward_data_narrow)
 HALIDE_REGISTER_GENERATOR(ConvBackwardDataFloat, conv_backward_data_float)

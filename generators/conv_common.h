@@ -36,14 +36,17 @@ inline int dot_width(const Target &target, int requested) {
 // Defines p.packed_input(j, x, y, channel_group, n) as zeros, then value(ix, iy) (using p's
 // j, channel_group and n) written at (offset_x + step ix, offset_y + step iy) for (ix, iy)
 // over the source's width x height: the zero-padded, packed operand, in two definitions
-// that both vectorize to dense loads and stores (see ConvPipeline::interior).
+// that both vectorize to dense loads and stores (see ConvPipeline::interior). Records the
+// placement in p for define_offset_correction.
 template <class Value>
 void define_padded_input(schedules::ConvPipeline &p, const Expr &width, const Expr &height, const Expr &offset_x,
                          const Expr &offset_y, const Expr &step, Value value) {
     p.interior = RDom({{0, width}, {0, height}}, "interior");
+    p.placed_x = offset_x + step * p.interior.x;
+    p.placed_y = offset_y + step * p.interior.y;
     const Expr written = value(p.interior.x, p.interior.y);
     p.packed_input(p.j, p.x, p.y, p.channel_group, p.n) = cast(written.type(), 0);
-    p.packed_input(p.j, offset_x + step * p.interior.x, offset_y + step * p.interior.y, p.channel_group, p.n) = written;
+    p.packed_input(p.j, p.placed_x, p.placed_y, p.channel_group, p.n) = written;
 }
 
 // The source as the packing reads it: zero past its last channel (a pair or quad of channels
@@ -57,16 +60,37 @@ inline Func channel_bounded(const Func &source, const Expr &channels, const Expr
 inline Expr pack_integer_input(const Expr &value, int group) {
     return group == 4 ? cast<int8_t>(value) : cast<int16_t>(value);
 }
+constexpr int kWeightOffset4 = 128;  // the 4-term path's weight offset
 inline Expr pack_integer_weight(const Expr &value, int group) {
-    return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + 128) : cast<int16_t>(value);
+    return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + kWeightOffset4) : cast<int16_t>(value);
+}
+
+// Weights offset by `offset` to make them unsigned add offset x (the window sum of the inputs
+// over all channels) to each correlation: sum (w + offset) a = sum w a + offset sum a.
+// Defines p.channel_total (the sum over `channels` of `source`, the unpadded input as
+// (x, y, channel, n), where its channels lie apart and x is dense), p.channel_sum (the same
+// placed as define_padded_input placed the input, zeros elsewhere: call that first) and
+// p.correction (window sums of channel_sum); returns offset x the correction at (x, y, n).
+inline Expr define_offset_correction(schedules::ConvPipeline &p, const Func &source, const Expr &channels,
+                                     const Expr &kernel_x, const Expr &kernel_y, const Expr &stride,
+                                     const Expr &offset) {
+    RDom &over_channels = p.over_channels = RDom(0, channels, "over_channels");
+    p.channel_total(p.x, p.y, p.n) = cast<int32_t>(0);
+    p.channel_total(p.x, p.y, p.n) += cast<int32_t>(source(p.x, p.y, over_channels, p.n));
+    p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
+    p.channel_sum(p.placed_x, p.placed_y, p.n) = p.channel_total(p.interior.x, p.interior.y, p.n);
+    RDom &window = p.window = RDom({{0, kernel_x}, {0, kernel_y}}, "window");
+    p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
+    p.correction(p.x, p.y, p.n) += p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
+    return offset * p.correction(p.x, p.y, p.n);
 }
 
 // The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline), over a
 // kernel_x x kernel_y window:
 // accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k).
-// The packed Funcs must be defined. Returns the correlation's value at (x, y, k, n): the
-// accumulator, less the +128 weight offset's contribution where 4-term dot products take the
-// weights offset to uint8.
+// The packed Funcs must be defined. Returns the accumulator at (x, y, k, n); where 4-term dot
+// products take the weights offset by +128 to uint8, the caller subtracts the offset's
+// contribution (define_offset_correction).
 inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
                                const Expr &channels, const Expr &stride, Type accumulator_type) {
     const int g = p.group;
@@ -80,21 +104,13 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
     p.accumulator(p.x, p.y, p.k, p.n) = cast(accumulator_type, 0);
     p.accumulator(p.x, p.y, p.k, p.n) += cast(accumulator_type, b) * cast(accumulator_type, a);
-    if (g != 4 || b.type() != UInt(8)) return p.accumulator(p.x, p.y, p.k, p.n);
-    // sum (w + 128) a = sum w a + 128 sum a: subtract 128 x the window sum of the inputs.
-    RDom &over_channels = p.over_channels = RDom({{0, g}, {0, groups}}, "over_channels");
-    p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
-    p.channel_sum(p.x, p.y, p.n) += cast<int32_t>(p.packed_input(over_channels.x, p.x, p.y, over_channels.y, p.n));
-    RDom &window = p.window = RDom({{0, kernel_x}, {0, kernel_y}}, "window");
-    p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
-    p.correction(p.x, p.y, p.n) += 128 * p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
-    return p.accumulator(p.x, p.y, p.k, p.n) - p.correction(p.x, p.y, p.n);
+    return p.accumulator(p.x, p.y, p.k, p.n);
 }
 
-// The narrow-sum correlation of unsigned inputs (see ConvPipeline): uint8 inputs times int8
-// weights, packed in groups of 4, summed in int16 over `chunk` groups at a time, then in
-// int32. The packed Funcs must be defined, with p.group = 4. Returns the int32 sum at
-// (x, y, k, n).
+// The narrow-sum correlation (see ConvPipeline): one operand uint8, the other int8 (unsigned
+// inputs times weights in forward; errors times offset weights in backward-data), packed in
+// groups of 4, summed in int16 over `chunk` groups at a time, then in int32. The packed Funcs must be defined, with
+// p.group = 4. Returns the int32 sum at (x, y, k, n).
 inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
                                       const Expr &channels, const Expr &stride, const Expr &chunk) {
     const Expr groups = (channels + 3) / 4;

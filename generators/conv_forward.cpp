@@ -47,8 +47,10 @@ public:
             return pack_integer_input(a(ix, iy, channel_in_group(group, j, g), n), g);
         });
         p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
-        Expr sum = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(), input.dim(2).extent(),
-                                      stride, Int(32));
+        Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
+        Expr sum = define_correlation(p, kernel_x, kernel_y, input.dim(2).extent(), stride, Int(32));
+        if (g == 4)
+            sum -= define_offset_correction(p, a, input.dim(2).extent(), kernel_x, kernel_y, stride, kWeightOffset4);
         // strict_float: the same rounding on every target (no FMA contraction).
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "conv_backward_data_float_variants.h"
+#include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
@@ -58,12 +59,14 @@ void check_no_overflow(int64_t terms, const QuantizedTensor &a, const QuantizedT
     }
 }
 
-// conv_forward_unsigned's narrow sums (schedules/pipelines.h) add 2 K^2 products of
-// |q| <= qmax_a qmax_w per group of 4 channels in int16: `chunk` groups keep every sum within
-// 32767. The most groups that fit, spread evenly over the layer's groups; 0 where not even
-// one fits (8-bit operands), and the signed kernel runs instead.
-int narrow_chunk(int64_t channels, int64_t K, const Format &a, const Format &w) {
-    const int64_t groups = (channels + 3) / 4, per_group = 2 * K * K * a.qmax() * w.qmax();
+// The narrow-sum kernels (schedules/pipelines.h) add, per group of 4 channels, 2 x `taps`
+// products of magnitude <= `largest_product` in int16 (forward: taps = K^2, products
+// qmax_a qmax_w; backward-data: the sub-kernel's taps, products qmax_e times the largest
+// offset weight): `chunk` groups keep every sum within 32767. The most groups that fit, spread
+// evenly over the layer's groups; 0 where not even one fits (8-bit operands), and the
+// int16-pair kernel runs instead.
+int narrow_chunk(int64_t channels, int64_t taps, int64_t largest_product) {
+    const int64_t groups = (channels + 3) / 4, per_group = std::max<int64_t>(1, 2 * taps * largest_product);
     const int64_t most = std::numeric_limits<int16_t>::max() / per_group;
     if (most < 1) return 0;
     const int64_t chunks = (groups + most - 1) / most;
@@ -189,6 +192,31 @@ std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const Quanti
     p.values = weights.values.data();
     p.scales = {scale_of(weights, highest)};
     return p;
+}
+
+// conv_backward_data_narrow's weights: shifted left by shift(o), then `offset` added to make
+// them unsigned; `largest` is the largest offset weight. Nothing where they do not fit uint8,
+// or where the int32 sums of `terms` products with errors of |q| <= error_qmax could overflow.
+struct OffsetWeights {
+    int offset = 0;
+    int64_t largest = 0;
+};
+
+std::optional<OffsetWeights> offset_weights(const int8_t *w, const Shape &w_shape, const std::vector<uint8_t> &shifts,
+                                            int64_t terms, int64_t error_qmax) {
+    const int64_t per_channel = w_shape[1] * w_shape[2] * w_shape[3];
+    int64_t lowest = 0, highest = 0;
+    for (int64_t o = 0; o < w_shape[0]; o++) {
+        for (int64_t i = 0; i < per_channel; i++) {
+            const int64_t v = int64_t(w[o * per_channel + i]) * (int64_t{1} << shifts[size_t(o)]);
+            lowest = std::min(lowest, v);
+            highest = std::max(highest, v);
+        }
+    }
+    const int64_t largest = highest - lowest;
+    if (largest > std::numeric_limits<uint8_t>::max()) return std::nullopt;
+    if (terms * error_qmax * largest >= (int64_t{1} << 31)) return std::nullopt;
+    return OffsetWeights{int(-lowest), largest};
 }
 
 // Runs `pass(a_piece, b_piece, out)` for every pair of pieces and adds the results: one pass,
@@ -415,7 +443,8 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     const int64_t N = input.shape[0], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(input.shape[1] * K * K, input, weights, "conv_forward");
     // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_chunk).
-    const int chunk = input.format.has_sign ? 0 : narrow_chunk(input.shape[1], K, input.format, weights.format);
+    const int chunk =
+        input.format.has_sign ? 0 : narrow_chunk(input.shape[1], K * K, input.format.qmax() * weights.format.qmax());
     // Output side: sample n of the input, output channel o (axis 0) of the weights.
     return sum_over_pieces(
         split(input, {0}), split(weights, {0}), out_shape, [&](const Piece &a, const Piece &w, Tensor &out) {
@@ -458,17 +487,33 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
         weight_pieces = split(weights, {});
     }
     Buffer<const uint8_t> shift_buffer(shifts.data(), {int(O)});
+    // Narrow sums where the 4-term kernel (VNNI) does not run, the offset weights fit uint8, a
+    // chunk of 4 output channels fits int16 (see narrow_chunk) and the window is not 1x1.
+    const bool four_term = kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni;
     // Output side: sample n of the errors; the weights' output channels are the reduction.
     return sum_over_pieces(
         split(errors, {0}), weight_pieces, input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
             const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
             auto eb = nchw(e.values, errors.shape);
             Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
-            backward_data_by_phases(w.values, weights.shape, g, out,
-                                    [&](const int8_t *wd, const Shape &ws, int pad_x, int pad_y, Tensor &o) {
-                                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, 1, pad_x,
-                                                                    pad_y, nchw(o.data(), o.shape()));
-                                    });
+            std::optional<OffsetWeights> offset;
+            if (!four_term) offset = offset_weights(w.values, weights.shape, shifts, O * K * K, errors.format.qmax());
+            backward_data_by_phases(
+                w.values, weights.shape, g, out,
+                [&](const int8_t *wd, const Shape &ws, int pad_x, int pad_y, Tensor &o) {
+                    // A 1x1 window (1x1 layers, a phase of a strided 3x3) has too few products
+                    // per position to repay the offset's correction (measured: 10-15% slower).
+                    const int64_t taps = ws[2] * ws[3];
+                    const int chunk =
+                        offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
+                    if (chunk > 0) {
+                        kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset, 1,
+                                                           pad_x, pad_y, chunk, nchw(o.data(), o.shape()));
+                    } else {
+                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, 1, pad_x, pad_y,
+                                                    nchw(o.data(), o.shape()));
+                    }
+                });
         });
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -60,6 +61,7 @@ public:
         const Variant &v = variants_[detail::select_variant(name_, isas_)];
         const int result = v.fn(std::forward<Args>(args)...);
         last_.store(int(v.isa), std::memory_order_relaxed);
+        calls_.fetch_add(1, std::memory_order_relaxed);
         if (result != 0) {
             throw KernelError(std::string(name_) + " (" + to_string(v.isa) +
                               ") failed: " + detail::take_last_halide_error());
@@ -76,11 +78,15 @@ public:
         return last < 0 ? std::nullopt : std::optional<Isa>(Isa(last));
     }
 
+    // How many calls have run so far (benchmarks: which kernel a pass used).
+    uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
+
 private:
     const char *name_;
     std::vector<Variant> variants_;
     std::vector<Isa> isas_;
     mutable std::atomic<int> last_{-1};
+    mutable std::atomic<uint64_t> calls_{0};
 };
 
 // Sets the Halide thread pool size (0: one thread per core). Kernels are deterministic

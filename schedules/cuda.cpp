@@ -52,13 +52,20 @@ void schedule_conv(ConvPipeline p, const ConvParams &params) {
         .gpu_blocks(p.n)
         .gpu_threads(p.channel_group);
     p.packed_weights.compute_root().gpu_tile(p.x, Var("b"), Var("t"), 1, TailStrategy::GuardWithIf);
-    if (p.correction.defined()) {
-        for (Func f : {p.channel_sum, p.correction}) {
+    if (p.correction.defined()) {  // weights offset to uint8 (4-term dot products; none on GPUs yet)
+        for (Func f : {p.channel_total, p.channel_sum, p.correction}) {
             f.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
                                       TailStrategy::GuardWithIf);
+        }
+        for (Func f : {p.channel_total, p.correction}) {
             f.update().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
                                 TailStrategy::GuardWithIf);
         }
+        p.channel_sum.update()
+            .reorder(p.interior.x, p.interior.y, p.n)
+            .allow_race_conditions()  // distinct places for any step >= 1
+            .gpu_blocks(p.n)
+            .gpu_threads(p.interior.x);
     }
 }
 

@@ -77,10 +77,13 @@ struct ConvParams {
 struct ConvPipeline {
     Halide::Func packed_input{"packed_input"}, packed_weights{"packed_weights"};
     Halide::Func accumulator{"accumulator"};
-    Halide::Func channel_sum{"channel_sum"}, correction{"correction"};  // group 4 with offset weights only
-    Halide::Func narrow_sum{"narrow_sum"};                              // narrow sums only
-    Halide::Var q{"q"};                                                 // which pair of a group of 4
-    Halide::RDom chunks;                                                // narrow sums: over h
+    // Weights offset to uint8 (group 4, backward-data's narrow sums): the offset's contribution,
+    // from the input's sums over channels per position (channel_total), placed as packed_input
+    // (channel_sum), window-summed (correction).
+    Halide::Func channel_total{"channel_total"}, channel_sum{"channel_sum"}, correction{"correction"};
+    Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only
+    Halide::Var q{"q"};                     // which pair of a group of 4
+    Halide::RDom chunks;                    // narrow sums: over h
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel group
@@ -89,8 +92,9 @@ struct ConvPipeline {
     // (x, y) extent, writes the source at its padded position: both loops have dense vector
     // loads and stores, where a boundary condition in one definition clamps x lane by lane.
     Halide::RDom interior;
+    Halide::Expr placed_x, placed_y;     // where interior (ix, iy) lies in packed_input
     Halide::RDom reduction;              // (j, kx, ky, channel group); narrow sums: (i, kx, ky, c)
-    Halide::RDom over_channels, window;  // of channel_sum and correction
+    Halide::RDom over_channels, window;  // of channel_total and correction
     Halide::Expr stride, kernel, kernel_y;
     // backward-data's dilation of its errors (its layer's stride), or undefined; with stride,
     // kernel and kernel_y, what the schedules specialize on.

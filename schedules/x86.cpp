@@ -236,13 +236,21 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
 
     if (p.correction.defined()) {
-        // The +128 offset's correction: per-position channel sums, then their window sums.
-        for (Func f : {p.channel_sum, p.correction}) {
+        // The weight offset's correction: channel sums of the unpadded input (dense vectors
+        // along x; from the packed input, the group's channels would be a strided load each),
+        // placed as the packed input (zeros, then the interior), then window sums. About one
+        // add per input element: small beside the correlation.
+        for (Func f : {p.channel_total, p.channel_sum, p.correction}) {
             f.compute_root().vectorize(p.x, v, TailStrategy::GuardWithIf).parallel(p.n);
         }
-        p.channel_sum.update()
-            .reorder(p.x, p.over_channels.x, p.over_channels.y, p.y, p.n)
+        p.channel_total.update()
+            .reorder(p.x, p.over_channels.x, p.y, p.n)
             .vectorize(p.x, v, TailStrategy::GuardWithIf)
+            .parallel(p.n);
+        p.channel_sum.update()
+            .reorder(p.interior.x, p.interior.y, p.n)
+            .allow_race_conditions()  // distinct places for any step >= 1, as packed_input's
+            .vectorize(p.interior.x, v, TailStrategy::GuardWithIf)
             .parallel(p.n);
         p.correction.update()
             .reorder(p.x, p.window.x, p.window.y, p.y, p.n)

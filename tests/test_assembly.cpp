@@ -77,6 +77,8 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx512_vnni.s", "vpdpbusd", "zmm"));
     EXPECT_TRUE(hot_loop_uses("conv_forward_unsigned_avx2.s", "vpmaddubsw", "ymm"));
     EXPECT_TRUE(hot_loop_uses("conv_backward_weight_unsigned_avx2.s", "vpmaddubsw", "ymm"));
+    // Backward-data on AVX2: int16 narrow sums of offset (unsigned) weights times errors.
+    EXPECT_TRUE(hot_loop_uses("conv_backward_data_narrow_avx2.s", "vpmaddubsw", "ymm"));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "conv.h"
 #include "conv_backward_data_dot4_variants.h"
+#include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
@@ -137,6 +138,8 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
     for (const ConvShape &s : shapes()) {
         check_integer_layer(s, "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", seed++);
     }
+    // Backward-data ran as narrow sums (except where the 4-term VNNI kernel runs instead).
+    if (best_isa() != Isa::avx512_vnni) ASSERT_TRUE(kernels::conv_backward_data_narrow.last_isa().has_value());
 }
 
 // Unsigned activations (as after a ReLU) run forward and weight gradient through the
@@ -300,6 +303,14 @@ TEST(IntegerConv, NoOverflowAtExtremeOperands) {
         const QuantizedTensor e = constant({2, 64, 8, 8}, -127, TensorRole::error);
         const Tensor da = conv_backward_data(e, w, a_shape, {1, 1});
         EXPECT_EQ(da.at({1, 7, 4, 4}), float(64.0 * 9 * 127 * 127));
+        // Backward-data's narrow sums: 3-bit weights at +7 for input channel 5, -7 elsewhere
+        // (offset 7: offset weights 14 and 0), errors at -127. Each int16 sum holds one group
+        // of 4 output channels, 2 * 9 products of 14 * 127 = 32004 at most (32767).
+        for (int64_t o = 0; o < 64; o++) std::fill_n(w7.values.begin() + (o * 64 + 5) * 9, 9, int8_t(7));
+        const Tensor da7 = conv_backward_data(e, w7, a_shape, {1, 1});
+        EXPECT_EQ(da7.at({1, 5, 4, 4}), float(-64.0 * 9 * 127 * 7));
+        EXPECT_EQ(da7.at({1, 5, 0, 0}), float(-64.0 * 4 * 127 * 7));
+        EXPECT_EQ(da7.at({1, 6, 4, 4}), float(64.0 * 9 * 127 * 7));
     }
     {
         const Shape a_shape = {256, 16, 32, 32};
@@ -439,6 +450,47 @@ TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
                 Tensor narrow = Tensor::uninitialized(w_shape);
                 kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
                                                        stride, int(K / 2), chunk, nchw(narrow.data(), w_shape));
+                EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
+            }
+        }
+    }
+}
+
+// Backward-data's narrow sums (weights shifted, offset to uint8; int16 sums over chunks of 4
+// output channels; the offset's window sums subtracted) against the int16-pair kernel with
+// the same shifts: identical outputs for every chunk (a partial last one, chunks past the
+// channel count), every window the runtime runs (3x3, 5x5 and the stride-2 phase sub-kernels
+// 2x2, 2x1, 1x2, 1x1) at every padding border, and two offsets (the smallest, and a larger one).
+TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
+    std::mt19937 rng(80);
+    const int64_t O = 19, C = 6;  // 5 groups of 4 output channels, the last one partial
+    std::vector<uint8_t> shift(static_cast<size_t>(O));
+    for (size_t o = 0; o < shift.size(); o++) shift[o] = uint8_t(o % 3);  // weights up to 7 << 2
+    Buffer<const uint8_t> shifts(shift.data(), int(O));
+    for (const auto &[kx, ky] :
+         std::vector<std::pair<int64_t, int64_t>>{{3, 3}, {5, 5}, {2, 2}, {2, 1}, {1, 2}, {1, 1}}) {
+        const Shape d_shape = {2, C, 9, 8}, w_shape = {O, C, ky, kx};
+        // Stride-1 backward-data with pads (kx - 1) / 2: the output size equals the input's.
+        const int pad_x = int((kx - 1) / 2), pad_y = int((ky - 1) / 2);
+        const Shape e_shape = {2, O, 9 + 2 * pad_y - ky + 1, 8 + 2 * pad_x - kx + 1};
+        std::vector<int8_t> w(size_t(shape_numel(w_shape))), e(size_t(shape_numel(e_shape)));
+        for (size_t i = 0; i < w.size(); i++) w[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 7 : -7) : int(rng() % 15) - 7);
+        for (size_t i = 0; i < e.size(); i++) e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
+        std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
+        Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
+        Tensor pairs = Tensor::uninitialized(d_shape);
+        kernels::conv_backward_data(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts, 1, pad_x, pad_y,
+                                    nchw(pairs.data(), d_shape));
+        // Smallest offset 28 (-7 << 2); products up to 56 x 8: 2 * 9 * 448 per group, 4 groups
+        // within 32767 at 3x3 (chunk 5 and 8 only on the smaller windows).
+        for (int offset : {28, 40}) {
+            for (int chunk : {1, 2, 3, 5, 8}) {
+                if (2 * kx * ky * chunk * 8 * (7 * 4 + offset) > 32767) continue;
+                SCOPED_TRACE(std::to_string(kx) + "x" + std::to_string(ky) + " offset " + std::to_string(offset) +
+                             " chunk " + std::to_string(chunk));
+                Tensor narrow = Tensor::uninitialized(d_shape);
+                kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts,
+                                                   offset, 1, pad_x, pad_y, chunk, nchw(narrow.data(), d_shape));
                 EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }
