@@ -5,7 +5,7 @@
 // section 4), so it is split per sample: each sample's sum over OH * OW positions is exact in
 // int32 (the runtime checks OH * OW * 127^2 < 2^31), and samples are combined in double with
 // their scales, which may vary per sample and per channel:
-//   dW = sum_n partial(n) * error_scale(n, o) * input_scale(n, c), rounded once to float.
+//   dW = sum_n partial(n) * error_scale(o, n) * input_scale(c, n), rounded once to float.
 // Operands are packed as pairs of consecutive x positions for 2-term dot products. The input
 // is packed once, split into `stride` column phases: column m of phase f holds input column
 // m s + f - p, so the pair of inputs that meets the errors at (x, x + 1) through tap kx,
@@ -85,7 +85,9 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
     p.samples = RDom(0, batch, "samples");
 }
 
-// dW = sum_n partial(n) * error_scale(n, o) * input_scale(n, c), the samples in order.
+// dW = sum_n partial(n) * error_scale(o, n) * input_scale(c, n), the samples in order. The
+// tables hold channels innermost: the update is vectorized along o, so a sample's error scales
+// are one dense load (n innermost made them a gather per vector, in every sample's epilogue).
 template <class Scales, class Output>
 void define_scaled_total(ConvWeightPipeline &p, const Scales &error_scale, const Scales &input_scale, Output &output) {
     Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
@@ -93,7 +95,7 @@ void define_scaled_total(ConvWeightPipeline &p, const Scales &error_scale, const
     p.total(kx, ky, c, o) = cast<double>(0);
     // strict_float: the samples are added in order with the same rounding on every target.
     p.total(kx, ky, c, o) = strict_float(p.total(kx, ky, c, o) + cast<double>(p.partial(o, c, kx, ky, rn)) *
-                                                                     error_scale(rn, o) * input_scale(rn, c));
+                                                                     error_scale(o, rn) * input_scale(c, rn));
     output(kx, ky, c, o) = cast<float>(p.total(kx, ky, c, o));
     p.output = output;
 }
@@ -102,8 +104,8 @@ template <class Gen>
 void set_weight_gradient_estimates(Gen &gen) {
     gen.errors.set_estimates(kActivationEstimate);
     gen.input.set_estimates(kActivationEstimate);
-    gen.error_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
-    gen.input_scale.set_estimates({{0, kEstimateBatch}, {0, kEstimateChannels}});
+    gen.error_scale.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
+    gen.input_scale.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
     gen.stride.set_estimate(1);
     gen.pad.set_estimate(1);
     gen.output.set_estimates(kWeightEstimate);
@@ -114,8 +116,8 @@ public:
     LOWBIT_CONV_KNOBS
     Input<Buffer<int8_t, 4>> errors{"errors"};            // (x, y, o, n)
     Input<Buffer<int8_t, 4>> input{"input"};              // (x, y, c, n)
-    Input<Buffer<double, 2>> error_scale{"error_scale"};  // (n, o)
-    Input<Buffer<double, 2>> input_scale{"input_scale"};  // (n, c)
+    Input<Buffer<double, 2>> error_scale{"error_scale"};  // (o, n)
+    Input<Buffer<double, 2>> input_scale{"input_scale"};  // (c, n)
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
     Output<Buffer<float, 4>> output{"output"};  // (kx, ky, c, o)

@@ -536,17 +536,17 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
     // Scales may vary per sample and per channel: both are outside the per-sample sums.
     return sum_over_pieces(split(errors, {0, 1}), split(input, {0, 1}), w_shape,
                            [&](const Piece &e, const Piece &a, Tensor &out) {
-                               // Tables (n, channel), n innermost as Halide sees (n, o).
+                               // Tables (channel, n) as Halide sees them: channels innermost.
                                std::vector<double> se(size_t(N * O)), sa(size_t(N * C));
                                for (int64_t n = 0; n < N; n++) {
                                    for (int64_t o = 0; o < O; o++)
-                                       se[size_t(o * N + n)] = e.scale(e.axis == 0 ? n : e.axis == 1 ? o : 0);
+                                       se[size_t(n * O + o)] = e.scale(e.axis == 0 ? n : e.axis == 1 ? o : 0);
                                    for (int64_t c = 0; c < C; c++)
-                                       sa[size_t(c * N + n)] = a.scale(a.axis == 0 ? n : a.axis == 1 ? c : 0);
+                                       sa[size_t(n * C + c)] = a.scale(a.axis == 0 ? n : a.axis == 1 ? c : 0);
                                }
                                auto eb = nchw(e.values, errors.shape);
                                auto ab = nchw(a.values, input.shape);
-                               Buffer<const double> seb(se.data(), {int(N), int(O)}), sab(sa.data(), {int(N), int(C)});
+                               Buffer<const double> seb(se.data(), {int(O), int(N)}), sab(sa.data(), {int(C), int(N)});
                                auto ob = nchw(out.data(), w_shape);
                                if (chunk > 0) {
                                    kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, g.stride, g.pad, chunk, ob);

@@ -440,7 +440,7 @@ TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
             for (size_t i = 0; i < e.size(); i++)
                 e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
             std::vector<double> se(size_t(3 * 7), 0.5), sa(size_t(3 * 5), 0.25);
-            Buffer<const double> seb(se.data(), {3, 7}), sab(sa.data(), {3, 5});
+            Buffer<const double> seb(se.data(), {7, 3}), sab(sa.data(), {5, 3});  // (channel, n)
             Tensor pairs = Tensor::uninitialized(w_shape);
             kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride,
                                           int(K / 2), nchw(pairs.data(), w_shape));

@@ -170,8 +170,8 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
         {
             Tensor d = Tensor::uninitialized(w_shape), cpu = Tensor::uninitialized(w_shape);
             Buffer<float> db = nchw(d.data(), w_shape), cb = nchw(cpu.data(), w_shape);
-            Buffer<const double> se = host<const double>(s34.data(), {3, 4}),
-                                 sa = host<const double>(s35.data(), {3, 5});
+            Buffer<const double> se = host<const double>(s34.data(), {4, 3}),  // (channel, n)
+                sa = host<const double>(s35.data(), {5, 3});
             ASSERT_EQ(conv_backward_weight_opencl(eb, ab, se, sa, stride, 1, db), 0);
             finish(db);
             kernels::conv_backward_weight(eb, ab, se, sa, stride, 1, cb);
