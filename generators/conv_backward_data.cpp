@@ -24,6 +24,19 @@ using namespace Halide;
 using namespace lowbit::conv;
 using lowbit::schedules::ConvPipeline;
 
+template <class Gen>
+void set_integer_backward_data_estimates(Gen &gen) {
+    gen.errors.set_estimates(kActivationEstimate);
+    gen.weights.set_estimates(kWeightEstimate);
+    gen.error_scale.set_estimates({{0, kEstimateBatch}});
+    gen.weight_scale.set_estimates({{0, kEstimateChannels}});
+    gen.weight_shift.set_estimates({{0, kEstimateChannels}});
+    gen.stride.set_estimate(1);
+    gen.pad_x.set_estimate(1);
+    gen.pad_y.set_estimate(1);
+    gen.output.set_estimates(kActivationEstimate);
+}
+
 class ConvBackwardData : public Generator<ConvBackwardData> {
 public:
     LOWBIT_CONV_KNOBS
@@ -63,15 +76,7 @@ public:
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
-        errors.set_estimates(kActivationEstimate);
-        weights.set_estimates(kWeightEstimate);
-        error_scale.set_estimates({{0, kEstimateBatch}});
-        weight_scale.set_estimates({{0, kEstimateChannels}});
-        weight_shift.set_estimates({{0, kEstimateChannels}});
-        stride.set_estimate(1);
-        pad_x.set_estimate(1);
-        pad_y.set_estimate(1);
-        output.set_estimates(kActivationEstimate);
+        set_integer_backward_data_estimates(*this);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }
@@ -124,17 +129,9 @@ public:
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
-        errors.set_estimates(kActivationEstimate);
-        weights.set_estimates(kWeightEstimate);
-        error_scale.set_estimates({{0, kEstimateBatch}});
-        weight_scale.set_estimates({{0, kEstimateChannels}});
-        weight_shift.set_estimates({{0, kEstimateChannels}});
+        set_integer_backward_data_estimates(*this);
         weight_offset.set_estimate(7);
-        stride.set_estimate(1);
-        pad_x.set_estimate(1);
-        pad_y.set_estimate(1);
         chunk.set_estimate(8);
-        output.set_estimates(kActivationEstimate);
     }
 
     void schedule() { schedule_conv(get_target(), p, params()); }
