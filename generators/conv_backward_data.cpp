@@ -75,6 +75,10 @@ public:
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
+        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
+        // constraint on x, and the schedule specializes the dense case.
+        output.dim(0).set_stride(Expr());
+        p.output_stride_x = output.dim(0).stride();
 
         set_integer_backward_data_estimates(*this);
     }
@@ -128,6 +132,10 @@ public:
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
+        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
+        // constraint on x, and the schedule specializes the dense case.
+        output.dim(0).set_stride(Expr());
+        p.output_stride_x = output.dim(0).stride();
 
         set_integer_backward_data_estimates(*this);
         weight_offset.set_estimate(7);
@@ -162,6 +170,10 @@ public:
         output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Float(32));
         p.dilation = stride;
         p.output = output;
+        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
+        // constraint on x, and the schedule specializes the dense case.
+        output.dim(0).set_stride(Expr());
+        p.output_stride_x = output.dim(0).stride();
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);

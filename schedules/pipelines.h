@@ -99,6 +99,9 @@ struct ConvPipeline {
     // backward-data's dilation of its errors (its layer's stride), or undefined; with stride,
     // kernel and kernel_y, what the schedules specialize on.
     Halide::Expr dilation;
+    // backward-data: the output's x stride, which may be > 1 (a view of a phase's pixels of
+    // dA); undefined for the passes whose output is always dense.
+    Halide::Expr output_stride_x;
     int group = 2;
 };
 

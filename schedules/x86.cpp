@@ -176,6 +176,9 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(yi)
         .fuse(ko, p.n, task)
         .parallel(task);
+    // Backward-data may write a strided view (a stride-2 layer's phase, straight into its
+    // pixels of dA): such stores are scattered; dense outputs get their own dense loop.
+    if (p.output_stride_x.defined()) p.output.specialize(p.output_stride_x == 1);
 
     p.accumulator.compute_at(p.output, xo)
         .bound_extent(p.x, v * tile_x)
