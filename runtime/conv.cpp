@@ -241,21 +241,19 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
 }
 
 // A 1x1 convolution at stride s > 1 reads only every s-th pixel of the input; the forward
-// kernel would pack all of them. So it runs at stride 1 on the touched pixels, gathered first.
-// (Backward-data gets the same effect from its phase split below.)
+// kernel would pack all of them. So it runs at stride 1 on a view of the pixels it reads
+// (the kernels take any x stride). (Backward-data gets the same effect from its phase split
+// below.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
-// (N, C, H, W) -> (N, C, OH, OW): the pixels (y s, x s).
+// (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s), as a kernel input.
 template <class T>
-std::vector<T> gather_strided(const T *data, const Shape &full, const Shape &compact, int stride) {
-    std::vector<T> out(size_t(shape_numel(compact)));
-    size_t k = 0;
-    for (int64_t plane = 0; plane < compact[0] * compact[1]; plane++) {
-        const T *src = data + plane * full[2] * full[3];
-        for (int64_t y = 0; y < compact[2]; y++)
-            for (int64_t x = 0; x < compact[3]; x++) out[k++] = src[(y * stride) * full[3] + x * stride];
-    }
-    return out;
+Buffer<const T> strided_view(const T *data, const Shape &full, const Shape &out_shape, int stride) {
+    halide_dimension_t dims[4] = {{0, int(out_shape[3]), stride},
+                                  {0, int(out_shape[2]), int(stride * full[3])},
+                                  {0, int(full[1]), int(full[2] * full[3])},
+                                  {0, int(full[0]), int(full[1] * full[2] * full[3])}};
+    return Buffer<const T>(data, 4, dims);
 }
 
 // Backward-data at stride s > 1 runs as s x s stride-1 phases, so no multiply meets the zeros
@@ -357,9 +355,7 @@ Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeomet
     auto wb = nchw(w.data(), w.shape());
     auto ob = nchw(out.data(), out_shape);
     if (strided_pointwise(w.shape(), g)) {
-        const Shape compact = {out_shape[0], a.size(1), out_shape[2], out_shape[3]};
-        std::vector<float> gathered = gather_strided(a.data(), a.shape(), compact, g.stride);
-        kernels::conv_forward_float(nchw(gathered.data(), compact), wb, 1, 0, ob);
+        kernels::conv_forward_float(strided_view(a.data(), a.shape(), out_shape, g.stride), wb, 1, 0, ob);
         return out;
     }
     kernels::conv_forward_float(nchw(a.data(), a.shape()), wb, g.stride, g.pad, ob);
@@ -408,27 +404,25 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     const int chunk =
         input.format.has_sign ? 0 : narrow_chunk(input.shape[1], K * K, input.format.qmax() * weights.format.qmax());
     // Output side: sample n of the input, output channel o (axis 0) of the weights.
-    return sum_over_pieces(
-        split(input, {0}), split(weights, {0}), out_shape, [&](const Piece &a, const Piece &w, Tensor &out) {
-            const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
-            auto wb = nchw(w.values, weights.shape);
-            Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
-            auto ob = nchw(out.data(), out_shape);
-            auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
-                if (chunk > 0) {
-                    kernels::conv_forward_unsigned(ab, wb, sab, swb, stride, pad, chunk, ob);
-                } else {
-                    kernels::conv_forward(ab, wb, sab, swb, stride, pad, ob);
-                }
-            };
-            if (strided_pointwise(weights.shape, g)) {
-                const Shape compact = {N, input.shape[1], out_shape[2], out_shape[3]};
-                std::vector<int8_t> gathered = gather_strided(a.values, input.shape, compact, g.stride);
-                run(nchw<const int8_t>(gathered.data(), compact), 1, 0);
-            } else {
-                run(nchw(a.values, input.shape), g.stride, g.pad);
-            }
-        });
+    return sum_over_pieces(split(input, {0}), split(weights, {0}), out_shape,
+                           [&](const Piece &a, const Piece &w, Tensor &out) {
+                               const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
+                               auto wb = nchw(w.values, weights.shape);
+                               Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
+                               auto ob = nchw(out.data(), out_shape);
+                               auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
+                                   if (chunk > 0) {
+                                       kernels::conv_forward_unsigned(ab, wb, sab, swb, stride, pad, chunk, ob);
+                                   } else {
+                                       kernels::conv_forward(ab, wb, sab, swb, stride, pad, ob);
+                                   }
+                               };
+                               if (strided_pointwise(weights.shape, g)) {
+                                   run(strided_view(a.values, input.shape, out_shape, g.stride), 1, 0);
+                               } else {
+                                   run(nchw(a.values, input.shape), g.stride, g.pad);
+                               }
+                           });
 }
 
 Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,

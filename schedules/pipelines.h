@@ -102,6 +102,9 @@ struct ConvPipeline {
     // backward-data: the output's x stride, which may be > 1 (a view of a phase's pixels of
     // dA); undefined for the passes whose output is always dense.
     Halide::Expr output_stride_x;
+    // forward: the input's x stride, which may be > 1 (a 1x1 stride-s layer runs at stride 1
+    // on a view of the pixels it reads); undefined where the input is always dense.
+    Halide::Expr input_stride_x;
     int group = 2;
 };
 

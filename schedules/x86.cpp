@@ -236,6 +236,11 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // densely.
     interior.allow_race_conditions().vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
     if (p.dilation.defined()) interior.specialize(p.dilation == 1);
+    // A dense input, or every other pixel of one (1x1 stride-2 layers): dense vector loads
+    // (and a deinterleave); other strides gather.
+    if (p.input_stride_x.defined()) {
+        for (int step : {1, 2}) interior.specialize(p.input_stride_x == step);
+    }
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
 
     if (p.correction.defined()) {
