@@ -241,9 +241,9 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
 }
 
 // A 1x1 convolution at stride s > 1 reads only every s-th pixel of the input; the forward
-// kernel would pack all of them. So it runs at stride 1 on a view of the pixels it reads
-// (the kernels take any x stride). (Backward-data gets the same effect from its phase split
-// below.)
+// and weight-gradient kernels would pack all of them. So they run at stride 1 on a view of
+// the pixels it reads (the kernels take any x stride). (Backward-data gets the same effect
+// from its phase split below.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
 // (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s), as a kernel input.
@@ -388,9 +388,12 @@ Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kerne
     const Tensor e = errors.contiguous(), a = input.contiguous();
     Tensor out = Tensor::uninitialized(w_shape);
     auto eb = nchw(e.data(), e.shape());
-    auto ab = nchw(a.data(), a.shape());
     auto ob = nchw(out.data(), w_shape);
-    kernels::conv_backward_weight_float(eb, ab, g.stride, g.pad, ob);
+    if (strided_pointwise(w_shape, g)) {
+        kernels::conv_backward_weight_float(eb, strided_view(a.data(), a.shape(), out_shape, g.stride), 1, 0, ob);
+    } else {
+        kernels::conv_backward_weight_float(eb, nchw(a.data(), a.shape()), g.stride, g.pad, ob);
+    }
     return out;
 }
 
@@ -500,13 +503,17 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
                                        sa[size_t(n * C + c)] = a.scale(a.axis == 0 ? n : a.axis == 1 ? c : 0);
                                }
                                auto eb = nchw(e.values, errors.shape);
-                               auto ab = nchw(a.values, input.shape);
+                               // 1x1 strided: stride 1 on a view of the pixels it reads.
+                               const bool view = strided_pointwise(w_shape, g);
+                               auto ab = view ? strided_view(a.values, input.shape, out_shape, g.stride)
+                                              : nchw<const int8_t>(a.values, input.shape);
+                               const int stride = view ? 1 : g.stride, pad = view ? 0 : g.pad;
                                Buffer<const double> seb(se.data(), {int(O), int(N)}), sab(sa.data(), {int(C), int(N)});
                                auto ob = nchw(out.data(), w_shape);
                                if (chunk > 0) {
-                                   kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, g.stride, g.pad, chunk, ob);
+                                   kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, stride, pad, chunk, ob);
                                } else {
-                                   kernels::conv_backward_weight(eb, ab, seb, sab, g.stride, g.pad, ob);
+                                   kernels::conv_backward_weight(eb, ab, seb, sab, stride, pad, ob);
                                }
                            });
 }

@@ -128,8 +128,9 @@ struct ConvWeightPipeline {
     // packed_input is zeros (the padding), then an update over `interior`, the input's
     // (x, y) extent, as in ConvPipeline.
     Halide::RDom interior;
-    Halide::RDom positions;  // (j, x2, y): one sample's output positions; narrow sums: (i, x4, y) of a chunk
-    Halide::RDom samples;    // n
+    Halide::RDom positions;       // (j, x2, y): one sample's output positions; narrow sums: (i, x4, y) of a chunk
+    Halide::RDom samples;         // n
+    Halide::Expr input_stride_x;  // the input's x stride (> 1: a view of a 1x1 strided layer's pixels)
     Halide::Expr stride;
     int group = 2;                          // x positions per group: 1 float32, 2 int16 pairs, 4 narrow sums
     Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only

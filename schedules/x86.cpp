@@ -330,7 +330,11 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     p.packed_input.compute_root().vectorize(p.m, v, TailStrategy::GuardWithIf).parallel(p.n);
     Stage interior = p.packed_input.update();
     interior.reorder(p.interior.x, p.interior.y, p.c, p.n).parallel(p.n).allow_race_conditions();
-    interior.specialize(p.stride == 1).vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
+    // At stride 1 the input itself may be a view of every other pixel (1x1 stride-2 layers):
+    // dense loads and a deinterleave.
+    Stage dense_rows = interior.specialize(p.stride == 1);
+    dense_rows.vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
+    for (int step : {1, 2}) dense_rows.specialize(p.input_stride_x == step);
     RVar column_pair("column_pair"), column_phase("column_phase");
     interior.specialize(p.stride == 2)
         .split(p.interior.x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
