@@ -64,11 +64,14 @@ struct ConvParams {
 //   group 1: float32 operands;  group 2: int16 pairs (pmaddwd, vpdpwssd);
 //   group 4: int8 inputs times weights offset by +128 to uint8 (vpdpbusd, which multiplies
 //            unsigned by signed bytes); the offset adds 128 * (window sum of the inputs),
-//            which `correction` computes from the per-position channel sums and subtracts.
+//            which `correction` computes from the per-position channel sums (of the unpadded
+//            input) and the caller subtracts.
 //            Unsigned inputs (conv_forward_unsigned) are uint8 already: no offset.
-// Narrow sums (unsigned inputs where there is no 4-term instruction, e.g. AVX2): uint8 x int8
-// pairs summed in int16 (pmaddubsw: twice the products per instruction of pmaddwd) over
-// `chunk` channel groups of 4 at a time, then widened into the int32 accumulator:
+// Narrow sums (where there is no 4-term instruction, e.g. AVX2; forward on unsigned inputs,
+// backward-data on int8 errors times weights offset to uint8, with the same `correction` as
+// group 4): uint8 x int8 pairs summed in int16 (pmaddubsw: twice the products per
+// instruction of pmaddwd) over `chunk` channel groups of 4 at a time, then widened into the
+// int32 accumulator:
 //   narrow_sum(q, x, y, k, n, h) = sum_{i < 2, kx, ky, c < chunk} packed_input(2 q + i, x s + kx,
 //                  y s + ky, h chunk + c, n) * packed_weights(2 q + i, kx, ky, h chunk + c, k)
 //   accumulator(x, y, k, n) = sum_h narrow_sum(0, x, y, k, n, h) + narrow_sum(1, x, y, k, n, h)
