@@ -75,10 +75,7 @@ public:
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
-        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
-        // constraint on x, and the schedule specializes the dense case.
-        output.dim(0).set_stride(Expr());
-        p.output_stride_x = output.dim(0).stride();
+        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
 
         set_integer_backward_data_estimates(*this);
     }
@@ -132,10 +129,7 @@ public:
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
-        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
-        // constraint on x, and the schedule specializes the dense case.
-        output.dim(0).set_stride(Expr());
-        p.output_stride_x = output.dim(0).stride();
+        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
 
         set_integer_backward_data_estimates(*this);
         weight_offset.set_estimate(7);
@@ -170,10 +164,7 @@ public:
         output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Float(32));
         p.dilation = stride;
         p.output = output;
-        // The runtime may pass a strided view of dA (a phase of a strided layer): no unit-stride
-        // constraint on x, and the schedule specializes the dense case.
-        output.dim(0).set_stride(Expr());
-        p.output_stride_x = output.dim(0).stride();
+        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);

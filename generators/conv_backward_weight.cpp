@@ -126,9 +126,7 @@ public:
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
                                stride, pad, Int(16), Int(32));
-        // 1x1 stride-s layers pass a strided view of the input (runtime/conv.cpp).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         define_scaled_total(p, error_scale, input_scale, output);
         set_weight_gradient_estimates(*this);
     }
@@ -159,9 +157,7 @@ public:
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_narrow_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(),
                                       errors.dim(3).extent(), stride, pad, chunk);
-        // 1x1 stride-s layers pass a strided view of the input (runtime/conv.cpp).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         define_scaled_total(p, error_scale, input_scale, output);
         set_weight_gradient_estimates(*this);
         chunk.set_estimate(16);
@@ -187,9 +183,7 @@ public:
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
                                stride, pad, Float(32), Float(32));
-        // 1x1 stride-s layers pass a strided view of the input (runtime/conv.cpp).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
         const RDom &rn = p.samples;
         p.total(kx, ky, c, o) = 0.0f;

@@ -49,6 +49,15 @@ void define_padded_input(schedules::ConvPipeline &p, const Expr &width, const Ex
     p.packed_input(p.j, p.placed_x, p.placed_y, p.channel_group, p.n) = written;
 }
 
+// Lifts the unit-stride constraint Halide puts on a buffer's x axis, for the buffers the
+// runtime may pass as strided views (a stride-s layer's phase of dA, the pixels a 1x1
+// stride-s layer reads); returns that stride, which the schedules specialize on.
+template <class GeneratorBuffer>
+Expr any_x_stride(GeneratorBuffer &buffer) {
+    buffer.dim(0).set_stride(Expr());
+    return buffer.dim(0).stride();
+}
+
 // The source as the packing reads it: zero past its last channel (a pair or quad of channels
 // may run past an odd count), unbounded in x and y (the packing reads only the interior).
 inline Func channel_bounded(const Func &source, const Expr &channels, const Expr &zero) {

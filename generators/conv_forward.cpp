@@ -54,9 +54,7 @@ public:
         // strict_float: the same rounding on every target (no FMA contraction).
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
-        // The runtime may pass a strided view of the input (see ConvPipeline::input_stride_x).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
 
         set_integer_forward_estimates(*this);
     }
@@ -101,9 +99,7 @@ public:
                            : define_narrow_correlation(p, kernel_x, kernel_y, channels, stride, chunk);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
-        // The runtime may pass a strided view of the input (see ConvPipeline::input_stride_x).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
 
         set_integer_forward_estimates(*this);
         chunk.set_estimate(8);
@@ -133,9 +129,7 @@ public:
         output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(),
                                                 input.dim(2).extent(), stride, Float(32));
         p.output = output;
-        // The runtime may pass a strided view of the input (see ConvPipeline::input_stride_x).
-        input.dim(0).set_stride(Expr());
-        p.input_stride_x = input.dim(0).stride();
+        p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
 
         input.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);
