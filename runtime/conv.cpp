@@ -166,12 +166,11 @@ std::vector<Piece> split(const QuantizedTensor &q, std::initializer_list<int> ou
 // accumulating (method.md section 4): shift(o) = e_max - e_o, one pass, one scale
 // S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do not
 // apply: weights not grouped per output channel, the 4-term u8 x i8 variant (int8 weights,
-// no room), a shifted weight past int16, or a sum that could pass int32. Then the caller
-// splits W into exponent classes, one pass each.
+// no room: `four_term`), a shifted weight past int16, or a sum that could pass int32. Then
+// the caller splits W into exponent classes, one pass each.
 std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const QuantizedTensor &weights, int64_t terms,
-                                     std::vector<uint8_t> &shifts) {
-    if (grouped_axis(weights) != 0 || weights.group_exponents.empty()) return std::nullopt;
-    if (kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni) return std::nullopt;
+                                     bool four_term, std::vector<uint8_t> &shifts) {
+    if (grouped_axis(weights) != 0 || weights.group_exponents.empty() || four_term) return std::nullopt;
     // The exponent range of the channels that hold a non-zero weight (an all-zero channel
     // has the largest exponent, and no shift matters for it).
     const size_t per_channel = weights.values.size() / shifts.size();
@@ -438,9 +437,11 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
                                                 shape_string(errors.shape), shape_string(out_shape)));
     const int64_t N = input_shape[0], C = input_shape[1], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(O * K * K, errors, weights, "conv_backward_data");
+    // The 4-term u8 x i8 variant (VNNI) takes neither weight shifts nor narrow sums.
+    const bool four_term = kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni;
     std::vector<uint8_t> shifts(size_t(O), 0);
     std::vector<Piece> weight_pieces;
-    if (auto shifted = shifted_weights(errors, weights, O * K * K, shifts)) {
+    if (auto shifted = shifted_weights(errors, weights, O * K * K, four_term, shifts)) {
         weight_pieces.push_back(std::move(*shifted));
     } else {
         weight_pieces = split(weights, {});
@@ -448,7 +449,6 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
     Buffer<const uint8_t> shift_buffer(shifts.data(), {int(O)});
     // Narrow sums where the 4-term kernel (VNNI) does not run, the offset weights fit uint8, a
     // chunk of 4 output channels fits int16 (see narrow_chunk) and the window is not 1x1.
-    const bool four_term = kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni;
     // Output side: sample n of the errors; the weights' output channels are the reduction.
     return sum_over_pieces(
         split(errors, {0}), weight_pieces, input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
