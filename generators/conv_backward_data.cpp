@@ -61,7 +61,7 @@ public:
         const Expr o = channel_in_group(group, j, g);
         // Ed of the comment above: E dilated by the stride and shifted by K - 1 - pad.
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride,
+                            kernel_y - 1 - pad_y, stride, 1,
                             [&](Expr ix, Expr iy) { return pack_integer_input(e(ix, iy, o, n), g); });
         Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
         if (g == 2) {
@@ -69,9 +69,8 @@ public:
             weight = weight << cast<int16_t>(shift(o));
         }
         p.packed_weights(j, x, y, group, k) = weight;
-        Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Int(32));
-        if (g == 4)
-            sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, 1, kWeightOffset4);
+        Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Int(32));
+        if (g == 4) sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
@@ -120,12 +119,12 @@ public:
         Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
         const Expr o = channel_in_group(group, j, 4);
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, stride, 1, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
         // A channel past the last o has weight `offset` here, but its errors are zero.
         Expr shifted = cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o));
         p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
-        Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, 1, chunk) -
-                   define_offset_correction(p, e, channels, kernel_x, kernel_y, 1, weight_offset);
+        Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk) -
+                   define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
         p.dilation = stride;
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
@@ -159,9 +158,9 @@ public:
         p.group = 1;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, stride, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
-        output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), 1, Float(32));
+        output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32));
         p.dilation = stride;
         p.output = output;
         p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA

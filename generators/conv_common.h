@@ -33,20 +33,32 @@ inline int dot_width(const Target &target, int requested) {
     return target.has_feature(Target::AVX512_SapphireRapids) ? 4 : 2;
 }
 
-// Defines p.packed_input(j, x, y, channel_group, n) as zeros, then value(ix, iy) (using p's
-// j, channel_group and n) written at (offset_x + step ix, offset_y + step iy) for (ix, iy)
-// over the source's width x height: the zero-padded, packed operand, in two definitions
-// that both vectorize to dense loads and stores (see ConvPipeline::interior). Records the
-// placement in p for define_offset_correction.
+// Defines p.packed_input(j, m, phase, y, channel_group, n) as zeros, then value(ix, iy) (using
+// p's j, channel_group and n) written at column offset_x + step ix, row offset_y + step iy, for
+// (ix, iy) over the source's width x height: the zero-padded, packed operand, in two
+// definitions that both vectorize to dense loads and stores (see ConvPipeline::interior).
+// Columns are split into `stride` phases, the stride of the correlation that reads it: column
+// u lies at (m, phase) = (u / stride, u % stride), so that the columns x stride + kx a vector
+// of outputs x reads through tap kx are adjacent, (x + kx / stride, kx % stride): dense loads
+// at stride 2 too, where an unsplit row needs two loads and a deinterleave per tap. Records
+// the stride and the placement in p (define_correlation, define_offset_correction).
 template <class Value>
 void define_padded_input(schedules::ConvPipeline &p, const Expr &width, const Expr &height, const Expr &offset_x,
-                         const Expr &offset_y, const Expr &step, Value value) {
+                         const Expr &offset_y, const Expr &step, const Expr &stride, Value value) {
     p.interior = RDom({{0, width}, {0, height}}, "interior");
     p.placed_x = offset_x + step * p.interior.x;
     p.placed_y = offset_y + step * p.interior.y;
+    p.stride = stride;
     const Expr written = value(p.interior.x, p.interior.y);
-    p.packed_input(p.j, p.x, p.y, p.channel_group, p.n) = cast(written.type(), 0);
-    p.packed_input(p.j, p.placed_x, p.placed_y, p.channel_group, p.n) = written;
+    p.packed_input(p.j, p.x, p.phase, p.y, p.channel_group, p.n) = cast(written.type(), 0);
+    p.packed_input(p.j, p.placed_x / stride, p.placed_x % stride, p.placed_y, p.channel_group, p.n) = written;
+}
+
+// The packed input (define_padded_input) that output column p.x reads through tap kx: column
+// x stride + kx, of row `row`.
+inline Expr packed_input_at(schedules::ConvPipeline &p, const Expr &j, const Expr &kx, const Expr &row,
+                            const Expr &channel_group) {
+    return p.packed_input(j, p.x + kx / p.stride, kx % p.stride, row, channel_group, p.n);
 }
 
 // Lifts the unit-stride constraint Halide puts on a buffer's x axis, for the buffers the
@@ -81,8 +93,7 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
 // placed as define_padded_input placed the input, zeros elsewhere: call that first) and
 // p.correction (window sums of channel_sum); returns offset x the correction at (x, y, n).
 inline Expr define_offset_correction(schedules::ConvPipeline &p, const Func &source, const Expr &channels,
-                                     const Expr &kernel_x, const Expr &kernel_y, const Expr &stride,
-                                     const Expr &offset) {
+                                     const Expr &kernel_x, const Expr &kernel_y, const Expr &offset) {
     RDom &over_channels = p.over_channels = RDom(0, channels, "over_channels");
     p.channel_total(p.x, p.y, p.n) = cast<int32_t>(0);
     p.channel_total(p.x, p.y, p.n) += cast<int32_t>(source(p.x, p.y, over_channels, p.n));
@@ -90,26 +101,26 @@ inline Expr define_offset_correction(schedules::ConvPipeline &p, const Func &sou
     p.channel_sum(p.placed_x, p.placed_y, p.n) = p.channel_total(p.interior.x, p.interior.y, p.n);
     RDom &window = p.window = RDom({{0, kernel_x}, {0, kernel_y}}, "window");
     p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
-    p.correction(p.x, p.y, p.n) += p.channel_sum(p.x * stride + window.x, p.y * stride + window.y, p.n);
+    p.correction(p.x, p.y, p.n) += p.channel_sum(p.x * p.stride + window.x, p.y * p.stride + window.y, p.n);
     return offset * p.correction(p.x, p.y, p.n);
 }
 
 // The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline), over a
-// kernel_x x kernel_y window:
-// accumulator(x, y, k, n) = sum packed_input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k).
-// The packed Funcs must be defined. Returns the accumulator at (x, y, k, n); where 4-term dot
+// kernel_x x kernel_y window at the stride define_padded_input recorded:
+// accumulator(x, y, k, n) = sum input(j, x s + kx, y s + ky, c, n) * packed_weights(j, kx, ky, c, k),
+// input being the padded input packed_input holds, split into column phases. The packed
+// Funcs must be defined. Returns the accumulator at (x, y, k, n); where 4-term dot
 // products take the weights offset by +128 to uint8, the caller subtracts the offset's
 // contribution (define_offset_correction).
 inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
-                               const Expr &channels, const Expr &stride, Type accumulator_type) {
+                               const Expr &channels, Type accumulator_type) {
     const int g = p.group;
     const Expr groups = (channels + g - 1) / g;
     p.reduction = RDom({{0, g}, {0, kernel_x}, {0, kernel_y}, {0, groups}}, "r");
-    p.stride = stride;
     p.kernel = kernel_x;
     p.kernel_y = kernel_y;
     const RDom &r = p.reduction;
-    Expr a = p.packed_input(r[0], p.x * stride + r[1], p.y * stride + r[2], r[3], p.n);
+    Expr a = packed_input_at(p, r[0], r[1], p.y * p.stride + r[2], r[3]);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
     p.accumulator(p.x, p.y, p.k, p.n) = cast(accumulator_type, 0);
     p.accumulator(p.x, p.y, p.k, p.n) += cast(accumulator_type, b) * cast(accumulator_type, a);
@@ -118,20 +129,19 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
 
 // The narrow-sum correlation (see ConvPipeline): one operand uint8, the other int8 (unsigned
 // inputs times weights in forward; errors times offset weights in backward-data), packed in
-// groups of 4, summed in int16 over `chunk` groups at a time, then in int32. The packed Funcs must be defined, with
-// p.group = 4. Returns the int32 sum at (x, y, k, n).
+// groups of 4, summed in int16 over `chunk` groups at a time, then in int32. The packed Funcs
+// must be defined, with p.group = 4. Returns the int32 sum at (x, y, k, n).
 inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &kernel_x, const Expr &kernel_y,
-                                      const Expr &channels, const Expr &stride, const Expr &chunk) {
+                                      const Expr &channels, const Expr &chunk) {
     const Expr groups = (channels + 3) / 4;
     p.reduction = RDom({{0, 2}, {0, kernel_x}, {0, kernel_y}, {0, chunk}}, "r");
     p.chunks = RDom(0, (groups + chunk - 1) / chunk, "chunks");
-    p.stride = stride;
     p.kernel = kernel_x;
     p.kernel_y = kernel_y;
     const RDom &r = p.reduction;
     Var h("h");
     const Expr j = 2 * p.q + r[0], group = h * chunk + r[3];
-    Expr a = p.packed_input(j, p.x * stride + r[1], p.y * stride + r[2], group, p.n);
+    Expr a = packed_input_at(p, j, r[1], p.y * p.stride + r[2], group);
     Expr b = p.packed_weights(j, r[1], r[2], group, p.k);
     // saturating_add: the form Halide matches to pmaddubsw (which saturates); the runtime's
     // choice of chunk keeps every sum in range, so nothing saturates.

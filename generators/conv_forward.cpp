@@ -43,14 +43,13 @@ public:
         const int g = p.group = dot_width(get_target(), dot);
         Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, [&](Expr ix, Expr iy) {
-            return pack_integer_input(a(ix, iy, channel_in_group(group, j, g), n), g);
-        });
+        define_padded_input(
+            p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+            [&](Expr ix, Expr iy) { return pack_integer_input(a(ix, iy, channel_in_group(group, j, g), n), g); });
         p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
-        Expr sum = define_correlation(p, kernel_x, kernel_y, input.dim(2).extent(), stride, Int(32));
-        if (g == 4)
-            sum -= define_offset_correction(p, a, input.dim(2).extent(), kernel_x, kernel_y, stride, kWeightOffset4);
+        Expr sum = define_correlation(p, kernel_x, kernel_y, input.dim(2).extent(), Int(32));
+        if (g == 4) sum -= define_offset_correction(p, a, input.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
         // strict_float: the same rounding on every target (no FMA contraction).
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
@@ -87,16 +86,16 @@ public:
         p.group = 4;
         Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, [&](Expr ix, Expr iy) {
-            return cast<uint8_t>(a(ix, iy, channel_in_group(group, j, 4), n));
-        });
+        define_padded_input(
+            p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+            [&](Expr ix, Expr iy) { return cast<uint8_t>(a(ix, iy, channel_in_group(group, j, 4), n)); });
         p.packed_weights(j, x, y, group, k) = w(x, y, channel_in_group(group, j, 4), k);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr channels = input.dim(2).extent();
         // GPUs: plain int32 sums of groups of 4 (no int16 instruction to gain from).
         const bool narrow = dot_width(get_target(), dot) != 4 && !get_target().has_gpu_feature();
-        Expr sum = !narrow ? define_correlation(p, kernel_x, kernel_y, channels, stride, Int(32))
-                           : define_narrow_correlation(p, kernel_x, kernel_y, channels, stride, chunk);
+        Expr sum = !narrow ? define_correlation(p, kernel_x, kernel_y, channels, Int(32))
+                           : define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * input_scale(n) * weight_scale(k)));
         p.output = output;
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
@@ -123,11 +122,11 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c = p.channel_group;
         p.group = 1;
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1,
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
                             [&](Expr ix, Expr iy) { return input(ix, iy, c, n); });
         p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
-        output(x, y, k, n) = define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(),
-                                                input.dim(2).extent(), stride, Float(32));
+        output(x, y, k, n) =
+            define_correlation(p, weights.dim(0).extent(), weights.dim(1).extent(), input.dim(2).extent(), Float(32));
         p.output = output;
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
 

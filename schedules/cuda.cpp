@@ -44,8 +44,9 @@ void schedule_conv(ConvPipeline p, const ConvParams &params) {
     p.output.fuse(p.k, p.n, task)
         .gpu_tile(p.x, task, xo, Var("bt"), xi, Var("tt"), params.gpu_threads, 1, TailStrategy::GuardWithIf);
     p.accumulator.compute_at(p.output, xi);
-    p.packed_input.compute_root().gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16,
-                                           TailStrategy::GuardWithIf);
+    p.packed_input.compute_root()
+        .reorder(p.j, p.phase, p.x, p.y, p.channel_group, p.n)
+        .gpu_tile(p.x, p.y, Var("bx"), Var("by"), Var("tx"), Var("ty"), 16, 16, TailStrategy::GuardWithIf);
     // The interior: a thread per (channel group, sample), each copying its plane.
     p.packed_input.update()
         .reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n)

@@ -59,8 +59,11 @@ struct ConvParams {
 // conv_forward and conv_backward_data: a stride-s correlation of a padded operand with a
 // weight operand, both packed as groups of `group` consecutive channels (j innermost), so that
 // a `group`-term integer dot product reduces each group in one instruction:
-//   accumulator(x, y, k, n) = sum_{j, kx, ky, c} packed_input(j, x s + kx, y s + ky, c, n)
+//   accumulator(x, y, k, n) = sum_{j, kx, ky, c} packed_input(j, x + kx / s, kx % s, y s + ky, c, n)
 //                                                * packed_weights(j, kx, ky, c, k)
+// packed_input(j, m, phase, row, c, n) holds the padded operand's column m s + phase: its
+// columns split into s phases, so that the columns x s + kx of a vector of outputs are
+// adjacent (backward-data always runs at s = 1, its strided layers split by the runtime).
 //   group 1: float32 operands;  group 2: int16 pairs (pmaddwd, vpdpwssd);
 //   group 4: int8 inputs times weights offset by +128 to uint8 (vpdpbusd, which multiplies
 //            unsigned by signed bytes); the offset adds 128 * (window sum of the inputs),
@@ -90,12 +93,13 @@ struct ConvPipeline {
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel group
+    Halide::Var phase{"phase"};                  // packed_input's column phase (x is the column in it)
     Halide::Var channel_group{"channel_group"};  // packed_input's and packed_weights' channel axis
     // packed_input is zeros (the padding), then an update over `interior`, the source's
     // (x, y) extent, writes the source at its padded position: both loops have dense vector
     // loads and stores, where a boundary condition in one definition clamps x lane by lane.
     Halide::RDom interior;
-    Halide::Expr placed_x, placed_y;     // where interior (ix, iy) lies in packed_input
+    Halide::Expr placed_x, placed_y;     // the padded column and row of interior (ix, iy)
     Halide::RDom reduction;              // (j, kx, ky, channel group); narrow sums: (i, kx, ky, c)
     Halide::RDom over_channels, window;  // of channel_total and correction
     Halide::Expr stride, kernel, kernel_y;

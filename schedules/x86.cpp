@@ -200,8 +200,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         if (p.group > 1) update.atomic().vectorize(r[0]);
     }
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
-    // A constant stride turns the operand loads into dense vector loads (stride 2: a dense
-    // load and a deinterleave). Each specialization inherits the schedule above.
+    // A constant stride turns the operand loads into dense vector loads (at stride 2 from the
+    // tap's column phase, ConvPipeline). Each specialization inherits the schedule above.
     const int window_unroll = params.window_unroll;
     if (p.stride.as<Internal::IntImm>()) {
         // 3x3 windows, and backward-data's phase sub-kernels of a 3x3 stride-2 layer
@@ -229,17 +229,35 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .vectorize(p.x, v, TailStrategy::GuardWithIf)
         .parallel(p.n);
     Stage interior = p.packed_input.update();
-    interior.reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n).unroll(p.j).parallel(p.n);
     // The lanes store to distinct places for any step >= 1 (the runtime checks the stride),
-    // which Halide cannot prove for backward-data's symbolic dilation: hence
-    // allow_race_conditions. Undilated errors (stride 1, the runtime's phase split) store
-    // densely.
-    interior.allow_race_conditions().vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
-    if (p.dilation.defined()) interior.specialize(p.dilation == 1);
-    // A dense input, or every other pixel of one (1x1 stride-2 layers): dense vector loads
-    // (and a deinterleave); other strides gather.
-    if (p.input_stride_x.defined()) {
-        for (int step : {1, 2}) interior.specialize(p.input_stride_x == step);
+    // which Halide cannot prove for backward-data's symbolic dilation or forward's symbolic
+    // column phases: hence allow_race_conditions.
+    interior.reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n)
+        .unroll(p.j)
+        .parallel(p.n)
+        .allow_race_conditions();
+    // Rows of one column phase (forward at stride 1, backward-data): dense stores where the
+    // errors are undilated (stride 1, the runtime's phase split); dense loads from a dense
+    // input or from every other pixel of one (1x1 stride-2 layers), other strides gather.
+    auto dense_rows = [&](Stage rows) {
+        rows.vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
+        if (p.dilation.defined()) rows.specialize(p.dilation == 1);
+        if (p.input_stride_x.defined()) {
+            for (int step : {1, 2}) rows.specialize(p.input_stride_x == step);
+        }
+    };
+    if (Internal::is_const_one(p.stride)) {
+        dense_rows(interior);
+    } else {
+        dense_rows(interior.specialize(p.stride == 1));
+        // Stride 2: the row splits into its even and odd columns (unrolled), each a dense
+        // store into its phase.
+        RVar column_pair("column_pair"), column_phase("column_phase");
+        interior.specialize(p.stride == 2)
+            .split(p.interior.x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
+            .reorder(p.j, column_phase, column_pair)
+            .unroll(column_phase)
+            .vectorize(column_pair, v, TailStrategy::GuardWithIf);
     }
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
 
