@@ -9,8 +9,9 @@
 //                    [--no-pytorch]
 //   bench_train_step --one MODE ...   (internal: one mode, one result line)
 //
-// Modes: float32, and the low-bit formats of docs/RESULTS.md (activations and errors grouped
-// per sample, weights per output channel; E rounded stochastically).
+// Modes: float32; the low-bit formats of docs/RESULTS.md, one for all three operands
+// (activations and errors grouped per sample, weights per output channel; E rounded
+// stochastically); and `defaults`, the formats `lowbit train` uses when given none.
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -28,6 +29,7 @@
 #include "nn/functional.h"
 #include "nn/models.h"
 #include "optim/sgd.h"
+#include "train/config.h"
 
 using namespace lowbit;
 
@@ -43,8 +45,11 @@ struct Result {
     double images_per_second = 0, peak_rss_mib = 0;
 };
 
+// "float32", "defaults" (what `lowbit train` runs without format flags: 4-bit fixed-point
+// A and W, m1e2 errors) or one format for all three operands.
 nn::PrecisionPolicy policy_for(const std::string &mode) {
     if (mode == "float32") return nn::PrecisionPolicy::float32();
+    if (mode == "defaults") return train::TrainConfig{}.policy();
     nn::PrecisionPolicy p;
     p.body.low_bit = true;
     p.body.activations = parse_format(mode + "/g3/sample");
@@ -153,7 +158,7 @@ int main(int argc, char **argv) {
                                         LOWBIT_BENCH_DIR, o.threads, o.batch, o.steps, o.repetitions, o.depth),
                             {}});
         }
-        for (const char *mode : {"float32", "m7e0", "m3e0", "m1e2"}) {
+        for (const char *mode : {"float32", "m7e0", "m3e0", "m1e2", "defaults"}) {
             rows.push_back({std::string("lowbit ") + mode, base + " --one " + mode, {}});
         }
         for (int round = 0; round < o.rounds; round++) {

@@ -169,9 +169,7 @@ public:
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
-        // Fixed point (E = 0) has a uniform grid: its own loops, without the exponent-grid tests.
-        p.specializations = {stochastic && exponent_steps == 0, stochastic, !stochastic && exponent_steps == 0,
-                             !stochastic};
+        p.specializations = value_specializations(*this);
         input.set_estimates(kViewEstimate);
         group_exponent.set_estimates(kGroupedExponentEstimate);
         values.set_estimates(kViewEstimate);
@@ -200,9 +198,7 @@ public:
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
-        // Fixed point (E = 0) has a uniform grid: its own loops, without the exponent-grid tests.
-        p.specializations = {stochastic && exponent_steps == 0, stochastic, !stochastic && exponent_steps == 0,
-                             !stochastic};
+        p.specializations = value_specializations(*this);
         input.set_estimates(kViewEstimate);
         group_exponent.set_estimates(kBlockExponentEstimate);
         block.set_estimate(32);

@@ -238,6 +238,42 @@ TEST(StochasticRounding, IsUnbiasedAndStaysOnTheNeighbours) {
     }
 }
 
+// Draw for draw: each element's q is the neighbour of u (the reference's, on magnitudes) that
+// method.md's rule picks with that element's random number r, the counter-based hash of its
+// row-major index (format.h): hi when r (hi - lo) < (|u| - lo) 2^32. u is v qmax / (S 2^-e),
+// correctly rounded in double as format.h defines it. Every int8 format, grouped per sample
+// (the kernels give m1e2, the default error format, a loop of its own).
+TEST(StochasticRounding, PicksTheNeighbourEachElementsDrawSelects) {
+    const Tensor x = random_tensor({6, 5, 7, 9}, 23);
+    constexpr uint64_t seed = 11, step = 12;
+    constexpr uint32_t tensor_id = 13;
+    const RandomKey key = random_key(seed, step, tensor_id);
+    for (Format f : int8_formats_up_to_8_bits()) {
+        f.group_bits = 3;
+        f.axis = GroupAxis::sample;
+        SCOPED_TRACE(to_string(f));
+        const QuantizedTensor q = quantize(x, f, Rounding::stochastic, seed, step, tensor_id);
+        const std::vector<int64_t> set = reference::representable(ref(f));
+        int64_t went_up = 0, went_down = 0;
+        for (int64_t k = 0; k < x.numel(); k++) {
+            const int e = q.group_exponents[size_t(q.view.group_of(k))];
+            double u = double(x[k]) * double(f.qmax()) / std::ldexp(double(q.scale), -e);
+            if (!f.has_sign) u = std::max(u, 0.0);
+            const double a = std::fabs(u);
+            int64_t lo, hi;
+            reference::neighbours(a, set, lo, hi);
+            const uint32_t r = element_random<ScalarOps>(uint32_t(k), key.k0, key.k1);
+            const bool up = double(r) * double(hi - lo) < (a - double(lo)) * 4294967296.0;
+            const int64_t magnitude = up ? hi : lo;
+            ASSERT_EQ(int64_t(q.values[size_t(k)]), u < 0 ? -magnitude : magnitude) << "element " << k << " u = " << u;
+            if (hi != lo) (up ? went_up : went_down)++;
+        }
+        // Both outcomes occur, so the test sees the draw decide.
+        EXPECT_GT(went_up, 100);
+        EXPECT_GT(went_down, 100);
+    }
+}
+
 TEST(StochasticRounding, DependsOnSeedStepAndTensorIdOnly) {
     const Tensor x = random_tensor({16, 8, 9}, 9);
     const Format f = parse_format("m2e1/g3/sample");
