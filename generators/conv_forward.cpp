@@ -2,8 +2,14 @@
 //   integer: quantized A (N,C,H,W) and W (O,C,K,K) as int8 element values; int32 sums, exact
 //            (2-term int16 or 4-term u8 x i8 dot products, see conv_common.h);
 //            Y = acc * input_scale(n) * weight_scale(o), in double, rounded once to float.
-//            The scales are S 2^-e / qmax of each operand's group; the runtime splits operands
-//            whose groups vary along the reduction (runtime/conv.cpp), so here they do not.
+//            The scales are S 2^-e / qmax of each operand's group. Activations grouped per
+//            channel vary along the reduction (over c): the runtime passes their group
+//            factors as left shifts of the weights, weight_shift(c) = e_max - e_c, applied before
+//            accumulation (method.md section 4; exact while nothing overflows, which the
+//            runtime checks), and one scale S 2^-e_max / qmax. The 4-term path's weights
+//            (offset by +128 to uint8) have no room for shifts: its callers pass zeros and split
+//            the activations into exponent classes instead (runtime/conv.cpp), as they do for
+//            any other group structure that varies along the reduction.
 //   unsigned: the same on inputs known to be >= 0, as uint8 (no offset; int16 narrow sums
 //            on AVX2, see ConvForwardUnsigned).
 //   float:   the same correlation on float32 operands, the float32 baseline.
@@ -22,6 +28,7 @@ void set_integer_forward_estimates(Gen &gen) {
     gen.weights.set_estimates(kWeightEstimate);
     gen.input_scale.set_estimates({{0, kEstimateBatch}});
     gen.weight_scale.set_estimates({{0, kEstimateChannels}});
+    gen.weight_shift.set_estimates({{0, kEstimateChannels}});
     gen.stride.set_estimate(1);
     gen.pad.set_estimate(1);
     gen.output.set_estimates(kActivationEstimate);
@@ -30,10 +37,11 @@ void set_integer_forward_estimates(Gen &gen) {
 class ConvForward : public Generator<ConvForward> {
 public:
     LOWBIT_CONV_KNOBS
-    Input<Buffer<int8_t, 4>> input{"input"};                // (x, y, c, n)
-    Input<Buffer<int8_t, 4>> weights{"weights"};            // (kx, ky, c, o)
-    Input<Buffer<double, 1>> input_scale{"input_scale"};    // (n)
-    Input<Buffer<double, 1>> weight_scale{"weight_scale"};  // (o)
+    Input<Buffer<int8_t, 4>> input{"input"};                 // (x, y, c, n)
+    Input<Buffer<int8_t, 4>> weights{"weights"};             // (kx, ky, c, o)
+    Input<Buffer<double, 1>> input_scale{"input_scale"};     // (n)
+    Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (o)
+    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (c); zeros for the 4-term path
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
@@ -43,10 +51,15 @@ public:
         const int g = p.group = dot_width(get_target(), dot);
         Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        define_padded_input(
-            p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
-            [&](Expr ix, Expr iy) { return pack_integer_input(a(ix, iy, channel_in_group(group, j, g), n), g); });
-        p.packed_weights(j, x, y, group, k) = pack_integer_weight(w(x, y, channel_in_group(group, j, g), k), g);
+        const Expr c = channel_in_group(group, j, g);
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+                            [&](Expr ix, Expr iy) { return pack_integer_input(a(ix, iy, c, n), g); });
+        Expr weight = pack_integer_weight(w(x, y, c, k), g);
+        if (g == 2) {
+            Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+            weight = weight << cast<int16_t>(shift(c));
+        }
+        p.packed_weights(j, x, y, group, k) = weight;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr sum = define_correlation(p, kernel_x, kernel_y, input.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, a, input.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
@@ -68,7 +81,8 @@ private:
 // 0..qmax held as uint8, so uint8 x int8 products need no offset. With 4-term dot products
 // (VNNI) they go straight into int32; elsewhere they run as narrow sums (int16 over `chunk`
 // groups of 4 channels, pmaddubsw; see ConvPipeline), which the runtime uses only where
-// 2 K^2 chunk qmax_a qmax_w <= 32767, so that no int16 sum can overflow.
+// 2 K^2 chunk qmax_a max|W << shift| <= 32767, so that no int16 sum can overflow. The weights
+// stay int8 after their shifts (the runtime passes shifts only where they fit), on every path.
 class ConvForwardUnsigned : public Generator<ConvForwardUnsigned> {
 public:
     LOWBIT_CONV_KNOBS
@@ -76,6 +90,7 @@ public:
     Input<Buffer<int8_t, 4>> weights{"weights"};
     Input<Buffer<double, 1>> input_scale{"input_scale"};
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};
+    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (c), as ConvForward's
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
     Input<int> chunk{"chunk"};  // groups of 4 channels per int16 sum (narrow sums only)
@@ -86,10 +101,11 @@ public:
         p.group = 4;
         Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
-        define_padded_input(
-            p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
-            [&](Expr ix, Expr iy) { return cast<uint8_t>(a(ix, iy, channel_in_group(group, j, 4), n)); });
-        p.packed_weights(j, x, y, group, k) = w(x, y, channel_in_group(group, j, 4), k);
+        Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+        const Expr c = channel_in_group(group, j, 4);
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+                            [&](Expr ix, Expr iy) { return cast<uint8_t>(a(ix, iy, c, n)); });
+        p.packed_weights(j, x, y, group, k) = cast<int8_t>(cast<int16_t>(w(x, y, c, k)) << cast<int16_t>(shift(c)));
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr channels = input.dim(2).extent();
         // GPUs: plain int32 sums of groups of 4 (no int16 instruction to gain from).

@@ -193,6 +193,40 @@ std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const Quanti
     return p;
 }
 
+// Forward reduces over the input's channels. Activations grouped per channel vary along
+// it: their group factors become left shifts of the weights, shift(c) = e_max - e_c, applied
+// before accumulation (method.md section 4), with one scale S 2^-e_max / qmax: one pass
+// instead of one per exponent class. e_max is the largest exponent among the channels that
+// hold a non-zero value (an all-zero channel, e.g. one a ReLU silenced, has the cap exponent
+// and adds nothing whatever its shift). Returns that piece and fills `shifts`, or nothing
+// where the input is not grouped per channel or is all zero; the caller checks that the
+// shifted weights fit the kernel that runs.
+std::optional<Piece> shifted_input_channels(const QuantizedTensor &input, std::vector<uint8_t> &shifts) {
+    if (grouped_axis(input) != 1 || input.group_exponents.empty()) return std::nullopt;
+    const int64_t N = input.shape[0], C = input.shape[1], plane = input.shape[2] * input.shape[3];
+    std::vector<bool> nonzero(size_t(C), false);
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t c = 0; c < C; c++) {
+            if (nonzero[size_t(c)]) continue;
+            const int8_t *first = input.values.data() + (n * C + c) * plane;
+            nonzero[size_t(c)] = std::any_of(first, first + plane, [](int8_t q) { return q != 0; });
+        }
+    }
+    int lowest = std::numeric_limits<int>::max(), highest = std::numeric_limits<int>::min();
+    for (int64_t c = 0; c < C; c++) {
+        if (!nonzero[size_t(c)]) continue;
+        lowest = std::min(lowest, int(input.group_exponents[size_t(c)]));
+        highest = std::max(highest, int(input.group_exponents[size_t(c)]));
+    }
+    if (lowest > highest) return std::nullopt;  // all zero: the classes path has that case
+    for (int64_t c = 0; c < C; c++)
+        shifts[size_t(c)] = nonzero[size_t(c)] ? uint8_t(highest - int(input.group_exponents[size_t(c)])) : 0;
+    Piece p;
+    p.values = input.values.data();
+    p.scales = {scale_of(input, highest)};
+    return p;
+}
+
 // conv_backward_data_narrow's weights: shifted left by shift(o), then `offset` added to make
 // them unsigned; `largest` is the largest offset weight. Nothing where they do not fit uint8,
 // or where the int32 sums of `terms` products with errors of |q| <= error_qmax could overflow.
@@ -400,31 +434,57 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     check_role(input, TensorRole::activation, "input");
     check_role(weights, TensorRole::weight, "weights");
     const Shape out_shape = conv_output_shape(input.shape, weights.shape, g);
-    const int64_t N = input.shape[0], O = weights.shape[0], K = weights.shape[2];
-    check_no_overflow(input.shape[1] * K * K, input, weights, "conv_forward");
-    // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_chunk).
-    const int chunk =
-        input.format.has_sign ? 0 : narrow_chunk(input.shape[1], K * K, input.format.qmax() * weights.format.qmax());
+    const int64_t N = input.shape[0], C = input.shape[1], O = weights.shape[0], K = weights.shape[2];
+    const int64_t terms = C * K * K, qmax_a = input.format.qmax();
+    check_no_overflow(terms, input, weights, "conv_forward");
+    // Activations grouped per channel: one pass on weights shifted per input channel where
+    // the kernel that runs has room (see shifted_input_channels), else exponent classes.
+    // Unsigned inputs take the uint8 kernel where its weights fit int8 and its int16 sums fit
+    // (see narrow_chunk); the int16-pair kernel takes shifted weights too, the 4-term signed
+    // one (VNNI, weights offset to uint8) does not.
+    const bool four_term = kernels::conv_forward.selected_isa() == Isa::avx512_vnni;
+    std::vector<uint8_t> shifts(size_t(C), 0);
+    std::vector<Piece> input_pieces;
+    auto unsigned_chunk = [&](int64_t largest_weight) {
+        if (input.format.has_sign || largest_weight > std::numeric_limits<int8_t>::max()) return 0;
+        return narrow_chunk(C, K * K, qmax_a * largest_weight);
+    };
+    int chunk = unsigned_chunk(weights.format.qmax());
+    if (auto shifted = shifted_input_channels(input, shifts)) {
+        const int64_t largest_weight = weights.format.qmax() << *std::max_element(shifts.begin(), shifts.end());
+        const bool pairs_fit = !four_term && largest_weight <= std::numeric_limits<int16_t>::max() &&
+                               terms * qmax_a * largest_weight < (int64_t{1} << 31);
+        const int shifted_chunk = unsigned_chunk(largest_weight);
+        if (shifted_chunk > 0 || pairs_fit) {
+            chunk = shifted_chunk;
+            input_pieces.push_back(std::move(*shifted));
+        }
+    }
+    if (input_pieces.empty()) {
+        std::fill(shifts.begin(), shifts.end(), 0);
+        input_pieces = split(input, {0});
+    }
+    Buffer<const uint8_t> shift_buffer(shifts.data(), {int(C)});
     // Output side: sample n of the input, output channel o (axis 0) of the weights.
-    return sum_over_pieces(split(input, {0}), split(weights, {0}), out_shape,
-                           [&](const Piece &a, const Piece &w, Tensor &out) {
-                               const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
-                               auto wb = nchw(w.values, weights.shape);
-                               Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
-                               auto ob = nchw(out.data(), out_shape);
-                               auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
-                                   if (chunk > 0) {
-                                       kernels::conv_forward_unsigned(ab, wb, sab, swb, stride, pad, chunk, ob);
-                                   } else {
-                                       kernels::conv_forward(ab, wb, sab, swb, stride, pad, ob);
-                                   }
-                               };
-                               if (strided_pointwise(weights.shape, g)) {
-                                   run(strided_view(a.values, input.shape, out_shape, g.stride), 1, 0);
-                               } else {
-                                   run(nchw(a.values, input.shape), g.stride, g.pad);
-                               }
-                           });
+    return sum_over_pieces(
+        input_pieces, split(weights, {0}), out_shape, [&](const Piece &a, const Piece &w, Tensor &out) {
+            const std::vector<double> sa = a.table(0, N), sw = w.table(0, O);
+            auto wb = nchw(w.values, weights.shape);
+            Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
+            auto ob = nchw(out.data(), out_shape);
+            auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
+                if (chunk > 0) {
+                    kernels::conv_forward_unsigned(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
+                } else {
+                    kernels::conv_forward(ab, wb, sab, swb, shift_buffer, stride, pad, ob);
+                }
+            };
+            if (strided_pointwise(weights.shape, g)) {
+                run(strided_view(a.values, input.shape, out_shape, g.stride), 1, 0);
+            } else {
+                run(nchw(a.values, input.shape), g.stride, g.pad);
+            }
+        });
 }
 
 Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,

@@ -208,6 +208,59 @@ TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
     }
 }
 
+// Forward reduces over the input's channels: activations grouped per channel become one pass
+// on weights shifted per input channel, on the uint8 kernel where the shifted weights fit int8
+// (shifts up to 4 with 3-bit weights), on the int16-pair kernel where they fit int16, and
+// exponent classes (a pass each) where they do not (8-bit weights shifted by up to 11). Each
+// against the float64 reference, with channel magnitudes spread over 2^0 to 2^-spread and
+// one all-zero channel (a ReLU-silenced one: the cap exponent, which must not widen the
+// shifts). The kernel calls show which path ran.
+TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
+    struct Spread {
+        const char *a_format, *w_format;
+        int spread;
+        int64_t unsigned_calls, pair_calls;  // expected kernel calls (classes: one per exponent)
+    };
+    const ConvShape s = make_shape(3, 9, 7, 5, 3, 1);
+    for (const Spread &c :
+         {Spread{"um4e0/g3/channel", "m3e0/g3/channel", 3, 1, 0},
+          Spread{"um4e0/g3/channel", "m3e0/g3/channel", 6, 0, 1}, Spread{"m3e0/g3/channel", "m3e0/g3/channel", 5, 0, 1},
+          Spread{"m7e0/g4/channel", "m7e0/g3/channel", 11, 0, -1}}) {
+        SCOPED_TRACE(std::string(c.a_format) + " spread " + std::to_string(c.spread));
+        const ConvGeometry g{int(s.stride), int(s.pad)};
+        const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
+        const Format a_format = parse_format(c.a_format);
+        Tensor a_float = random_tensor(a_shape, 41, !a_format.has_sign);
+        const int64_t plane = s.H * s.W;
+        for (int64_t k = 0; k < a_float.numel(); k++) {
+            const int64_t channel = (k / plane) % s.C;
+            a_float[k] = channel == 4 ? 0.0f : std::ldexp(a_float[k], -int(channel * c.spread / (s.C - 1)));
+        }
+        const QuantizedTensor a = quantize(a_float, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
+        const QuantizedTensor w = quantize(random_tensor(w_shape, 42), parse_format(c.w_format), Rounding::nearest, 0,
+                                           0, 1, TensorRole::weight);
+        // The groups really do differ that much (random maxima may lose one step).
+        std::vector<uint8_t> used;
+        for (int64_t ch = 0; ch < s.C; ch++)
+            if (ch != 4) used.push_back(a.group_exponents[size_t(ch)]);
+        const auto [lowest, highest] = std::minmax_element(used.begin(), used.end());
+        EXPECT_GE(*highest - *lowest, c.spread - 1);
+        const std::vector<double> av = dequantized(a), wv = dequantized(w);
+        const int64_t unsigned_before = int64_t(kernels::conv_forward_unsigned.calls()),
+                      pairs_before = int64_t(kernels::conv_forward.calls());
+        expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
+                     reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
+        if (kernels::conv_forward.selected_isa() == Isa::avx512_vnni) continue;  // 4-term: no shifts
+        EXPECT_EQ(int64_t(kernels::conv_forward_unsigned.calls()) - unsigned_before, c.unsigned_calls);
+        const int64_t pair_calls = int64_t(kernels::conv_forward.calls()) - pairs_before;
+        if (c.pair_calls >= 0) {
+            EXPECT_EQ(pair_calls, c.pair_calls);
+        } else {
+            EXPECT_GT(pair_calls, 1);  // exponent classes
+        }
+    }
+}
+
 TEST(IntegerConv, BatchOf128) {
     check_integer_layer(make_shape(128, 3, 6, 5, 3, 1), "m3e0/g3/sample", "m3e0/g3/channel", "m3e0/g3/sample", 9);
 }
@@ -374,10 +427,12 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 Buffer<const uint8_t> shifts(no_shifts.data(), 5);
                 Tensor y4 = Tensor::uninitialized(y_shape), y2 = Tensor::uninitialized(y_shape);
                 Buffer<float> y4b = nchw(y4.data(), y_shape), y2b = nchw(y2.data(), y_shape);
-                kernels::conv_forward_dot4(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, stride,
-                                           int(K / 2), y4b);
-                kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, stride, int(K / 2),
-                                      y2b);
+                std::vector<uint8_t> no_channel_shifts(size_t(C), 0);
+                Buffer<const uint8_t> channel_shifts(no_channel_shifts.data(), int(C));
+                kernels::conv_forward_dot4(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, channel_shifts,
+                                           stride, int(K / 2), y4b);
+                kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, channel_shifts,
+                                      stride, int(K / 2), y2b);
                 EXPECT_EQ(0, std::memcmp(y4.data(), y2.data(), size_t(y4.numel()) * sizeof(float))) << "forward";
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
@@ -410,15 +465,17 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
                 w[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 7 : -7) : int(rng() % 15) - 7);
             std::vector<double> s2(2, 0.5), s6(6, 0.25);
             Buffer<const double> s2b(s2.data(), 2), s6b(s6.data(), 6);
+            std::vector<uint8_t> no_shifts(size_t(C), 0);
+            Buffer<const uint8_t> shifts(no_shifts.data(), int(C));
             Tensor pairs = Tensor::uninitialized(y_shape);
-            kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, stride, int(K / 2),
-                                  nchw(pairs.data(), y_shape));
+            kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, shifts, stride,
+                                  int(K / 2), nchw(pairs.data(), y_shape));
             for (int chunk : {1, 2, 3, 5, 8}) {
                 SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " chunk " +
                              std::to_string(chunk));
                 Tensor narrow = Tensor::uninitialized(y_shape);
-                kernels::conv_forward_unsigned(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, stride,
-                                               int(K / 2), chunk, nchw(narrow.data(), y_shape));
+                kernels::conv_forward_unsigned(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s6b, shifts,
+                                               stride, int(K / 2), chunk, nchw(narrow.data(), y_shape));
                 EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }

@@ -138,16 +138,18 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
         Buffer<const int8_t> ab = nchw(a.values.data(), a_shape), wb = nchw(w.values.data(), w_shape);
         Buffer<const int8_t> eb = nchw(e.values.data(), y_shape);
         {
+            std::vector<uint8_t> shifts = {0, 2, 1, 3, 0};  // per input channel of the layer
+            auto channel_shifts = host<const uint8_t>(shifts.data(), {5});
             Tensor y = Tensor::uninitialized(y_shape);
             Buffer<float> yb = nchw(y.data(), y_shape);
             ASSERT_EQ(conv_forward_opencl(ab, wb, host<const double>(s3.data(), {3}),
-                                          host<const double>(s4.data(), {4}), stride, 1, yb),
+                                          host<const double>(s4.data(), {4}), channel_shifts, stride, 1, yb),
                       0);
             finish(yb);
             Tensor cpu = Tensor::uninitialized(y_shape);
             Buffer<float> cb = nchw(cpu.data(), y_shape);
             kernels::conv_forward(ab, wb, host<const double>(s3.data(), {3}), host<const double>(s4.data(), {4}),
-                                  stride, 1, cb);
+                                  channel_shifts, stride, 1, cb);
             EXPECT_EQ(std::vector<float>(y.data(), y.data() + y.numel()),
                       std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
                 << "forward, stride " << stride;
