@@ -161,46 +161,54 @@ std::vector<Piece> split(const QuantizedTensor &q, std::initializer_list<int> ou
     return pieces;
 }
 
+// Group factors that vary along a reduction, as left shifts applied before accumulating
+// (method.md section 4): shift(g) = e_max - e_g for each group g along it, e_max the largest
+// exponent among the groups that hold a non-zero value (an all-zero group, e.g. a channel a
+// ReLU silenced, has the cap exponent and adds nothing whatever its shift: 0). Fills `shifts`
+// and returns e_max, or nothing where every group is zero (the classes path has that case).
+std::optional<int> shifts_below_largest_exponent(const std::vector<uint8_t> &exponents,
+                                                 const std::vector<bool> &nonzero, std::vector<uint8_t> &shifts) {
+    int highest = -1;
+    for (size_t g = 0; g < exponents.size(); g++)
+        if (nonzero[g]) highest = std::max(highest, int(exponents[g]));
+    if (highest < 0) return std::nullopt;
+    for (size_t g = 0; g < exponents.size(); g++) shifts[g] = nonzero[g] ? uint8_t(highest - int(exponents[g])) : 0;
+    return highest;
+}
+
 // Backward-data reduces over the weights' output channels, along which their group scales
-// vary. The int16-pair kernels apply those scales as left shifts of the weights before
-// accumulating (method.md section 4): shift(o) = e_max - e_o, one pass, one scale
-// S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do not
-// apply: weights not grouped per output channel, the 4-term u8 x i8 variant (int8 weights,
-// no room: `four_term`), a shifted weight past int16, or a sum that could pass int32. Then
-// the caller splits W into exponent classes, one pass each.
+// vary. The int16-pair kernels apply them as shifts of the weights (above): one pass, one
+// scale S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do
+// not apply: weights not grouped per output channel, the 4-term u8 x i8 variant (int8
+// weights, no room: `four_term`), a shifted weight past int16, or a sum that could pass
+// int32. Then the caller splits W into exponent classes, one pass each.
 std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const QuantizedTensor &weights, int64_t terms,
                                      bool four_term, std::vector<uint8_t> &shifts) {
     if (grouped_axis(weights) != 0 || weights.group_exponents.empty() || four_term) return std::nullopt;
-    // The exponent range of the channels that hold a non-zero weight (an all-zero channel
-    // has the largest exponent, and no shift matters for it).
     const size_t per_channel = weights.values.size() / shifts.size();
-    int lowest = std::numeric_limits<int>::max(), highest = std::numeric_limits<int>::min();
+    std::vector<bool> nonzero(shifts.size());
     for (size_t o = 0; o < shifts.size(); o++) {
         const auto first = weights.values.begin() + std::ptrdiff_t(o * per_channel);
-        if (std::all_of(first, first + std::ptrdiff_t(per_channel), [](int8_t q) { return q == 0; })) continue;
-        lowest = std::min(lowest, int(weights.group_exponents[o]));
-        highest = std::max(highest, int(weights.group_exponents[o]));
+        nonzero[o] = std::any_of(first, first + std::ptrdiff_t(per_channel), [](int8_t q) { return q != 0; });
     }
-    if (lowest > highest) return std::nullopt;  // all zero: the classes path has that case
-    const int64_t largest = int64_t(weights.format.qmax()) << (highest - lowest);
-    if (largest > std::numeric_limits<int16_t>::max()) return std::nullopt;
-    if (terms * errors.format.qmax() * largest >= (int64_t{1} << 31)) return std::nullopt;
-    for (size_t o = 0; o < shifts.size(); o++)
-        shifts[o] = uint8_t(std::max(0, highest - int(weights.group_exponents[o])));
+    const std::optional<int> highest = shifts_below_largest_exponent(weights.group_exponents, nonzero, shifts);
+    if (!highest) return std::nullopt;
+    const int64_t largest = int64_t(weights.format.qmax()) << *std::max_element(shifts.begin(), shifts.end());
+    if (largest > std::numeric_limits<int16_t>::max() || terms * errors.format.qmax() * largest >= (int64_t{1} << 31)) {
+        std::fill(shifts.begin(), shifts.end(), 0);
+        return std::nullopt;
+    }
     Piece p;
     p.values = weights.values.data();
-    p.scales = {scale_of(weights, highest)};
+    p.scales = {scale_of(weights, *highest)};
     return p;
 }
 
 // Forward reduces over the input's channels. Activations grouped per channel vary along
-// it: their group factors become left shifts of the weights, shift(c) = e_max - e_c, applied
-// before accumulation (method.md section 4), with one scale S 2^-e_max / qmax: one pass
-// instead of one per exponent class. e_max is the largest exponent among the channels that
-// hold a non-zero value (an all-zero channel, e.g. one a ReLU silenced, has the cap exponent
-// and adds nothing whatever its shift). Returns that piece and fills `shifts`, or nothing
-// where the input is not grouped per channel or is all zero; the caller checks that the
-// shifted weights fit the kernel that runs.
+// it: their group factors become shifts of the weights per input channel (above), one pass
+// with one scale S 2^-e_max / qmax instead of one per exponent class. Returns that piece and
+// fills `shifts`, or nothing where the input is not grouped per channel or is all zero; the
+// caller checks that the shifted weights fit the kernel that runs.
 std::optional<Piece> shifted_input_channels(const QuantizedTensor &input, std::vector<uint8_t> &shifts) {
     if (grouped_axis(input) != 1 || input.group_exponents.empty()) return std::nullopt;
     const int64_t N = input.shape[0], C = input.shape[1], plane = input.shape[2] * input.shape[3];
@@ -212,18 +220,11 @@ std::optional<Piece> shifted_input_channels(const QuantizedTensor &input, std::v
             nonzero[size_t(c)] = std::any_of(first, first + plane, [](int8_t q) { return q != 0; });
         }
     }
-    int lowest = std::numeric_limits<int>::max(), highest = std::numeric_limits<int>::min();
-    for (int64_t c = 0; c < C; c++) {
-        if (!nonzero[size_t(c)]) continue;
-        lowest = std::min(lowest, int(input.group_exponents[size_t(c)]));
-        highest = std::max(highest, int(input.group_exponents[size_t(c)]));
-    }
-    if (lowest > highest) return std::nullopt;  // all zero: the classes path has that case
-    for (int64_t c = 0; c < C; c++)
-        shifts[size_t(c)] = nonzero[size_t(c)] ? uint8_t(highest - int(input.group_exponents[size_t(c)])) : 0;
+    const std::optional<int> highest = shifts_below_largest_exponent(input.group_exponents, nonzero, shifts);
+    if (!highest) return std::nullopt;
     Piece p;
     p.values = input.values.data();
-    p.scales = {scale_of(input, highest)};
+    p.scales = {scale_of(input, *highest)};
     return p;
 }
 
