@@ -23,11 +23,12 @@ Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kerne
 
 // Integer: products of int8 element values summed exactly in int32, scaled back once per
 // output (or per sample, for the weight gradient, whose reduction is split per sample so that
-// it cannot overflow). Group exponents that vary along a pass's reduction (e.g. channel
-// groups of activations in the forward pass, output-channel groups of weights in the backward
-// pass) are applied to partial sums: the operand is split into its exponent classes, each
-// class convolved on the integer kernel with one power-of-two scale, and the partial results
-// added. Roles are checked: activations and errors quantized as such, weights as weights.
+// it cannot overflow). Group exponents that vary along a pass's reduction are applied as
+// left shifts before accumulating where the kernel has room (channel groups of activations in
+// the forward pass, output-channel groups of weights in backward-data: shifts of the
+// weights), else to partial sums: the operand is split into its exponent classes, each class
+// convolved on the integer kernel with one power-of-two scale, and the partial results added.
+// Roles are checked: activations and errors quantized as such, weights as weights.
 Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights, const ConvGeometry &g);
 Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
                           const ConvGeometry &g);
