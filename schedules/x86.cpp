@@ -65,6 +65,37 @@ Stage schedule_narrow_sums(Func narrow, Func wide, const RVar &chunk, const RVar
     return update;
 }
 
+// A packed input's interior (the update writing the source at its padded place), its loops
+// already ordered and parallel. Rows of one column phase (stride 1) are dense vector loops,
+// specialized on what the runtime passes: undilated errors (backward-data, `dilation`
+// defined) store densely; a dense source, or every other pixel of one (1x1 stride-2 layers:
+// dense loads and a deinterleave), where `input_stride_x` is defined; other strides gather.
+// At stride 2 each row splits into its even and odd columns (unrolled), each a dense store
+// into its column phase, with `inner` (a channel group's positions) innermost.
+void schedule_padded_rows(Stage interior, const RVar &x, const Expr &stride, const Expr &dilation,
+                          const Expr &input_stride_x, const std::vector<VarOrRVar> &inner, int v) {
+    auto dense_rows = [&](Stage rows) {
+        rows.vectorize(x, v, TailStrategy::GuardWithIf);
+        if (dilation.defined()) rows.specialize(dilation == 1);
+        if (input_stride_x.defined()) {
+            for (int step : {1, 2}) rows.specialize(input_stride_x == step);
+        }
+    };
+    if (Internal::is_const_one(stride)) {
+        dense_rows(interior);
+        return;
+    }
+    dense_rows(interior.specialize(stride == 1));
+    RVar column_pair("column_pair"), column_phase("column_phase");
+    std::vector<VarOrRVar> order = inner;
+    order.insert(order.end(), {column_phase, column_pair});
+    interior.specialize(stride == 2)
+        .split(x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
+        .reorder(order)
+        .unroll(column_phase)
+        .vectorize(column_pair, v, TailStrategy::GuardWithIf);
+}
+
 }  // namespace
 
 // quantize_scales: memory-bound, one read of the tensor, rows spread over the threads; the
@@ -239,29 +270,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(p.j)
         .parallel(p.n)
         .allow_race_conditions();
-    // Rows of one column phase (forward at stride 1, backward-data): dense stores where the
-    // errors are undilated (stride 1, the runtime's phase split); dense loads from a dense
-    // input or from every other pixel of one (1x1 stride-2 layers), other strides gather.
-    auto dense_rows = [&](Stage rows) {
-        rows.vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
-        if (p.dilation.defined()) rows.specialize(p.dilation == 1);
-        if (p.input_stride_x.defined()) {
-            for (int step : {1, 2}) rows.specialize(p.input_stride_x == step);
-        }
-    };
-    if (Internal::is_const_one(p.stride)) {
-        dense_rows(interior);
-    } else {
-        dense_rows(interior.specialize(p.stride == 1));
-        // Stride 2: the row splits into its even and odd columns (unrolled), each a dense
-        // store into its phase.
-        RVar column_pair("column_pair"), column_phase("column_phase");
-        interior.specialize(p.stride == 2)
-            .split(p.interior.x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
-            .reorder(p.j, column_phase, column_pair)
-            .unroll(column_phase)
-            .vectorize(column_pair, v, TailStrategy::GuardWithIf);
-    }
+    schedule_padded_rows(interior, p.interior.x, p.stride, p.dilation, p.input_stride_x, {p.j}, v);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
 
     if (p.correction.defined()) {
@@ -356,17 +365,7 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     p.packed_input.compute_root().vectorize(p.m, v, TailStrategy::RoundUp).parallel(p.n);
     Stage interior = p.packed_input.update();
     interior.reorder(p.interior.x, p.interior.y, p.c, p.n).parallel(p.n).allow_race_conditions();
-    // At stride 1 the input itself may be a view of every other pixel (1x1 stride-2 layers):
-    // dense loads and a deinterleave.
-    Stage dense_rows = interior.specialize(p.stride == 1);
-    dense_rows.vectorize(p.interior.x, v, TailStrategy::GuardWithIf);
-    for (int step : {1, 2}) dense_rows.specialize(p.input_stride_x == step);
-    RVar column_pair("column_pair"), column_phase("column_phase");
-    interior.specialize(p.stride == 2)
-        .split(p.interior.x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
-        .reorder(column_phase, column_pair)
-        .unroll(column_phase)
-        .vectorize(column_pair, v, TailStrategy::GuardWithIf);
+    schedule_padded_rows(interior, p.interior.x, p.stride, Expr(), p.input_stride_x, {}, v);
     update.specialize(p.stride == 1);
     update.specialize(p.stride == 2);
 }
