@@ -2,10 +2,16 @@
 // conv_forward with respect to its input.
 //
 // A forward output y = sum_kx A(y s + kx - p) W(kx) sends E(y) W(kx) back to input
-// ix = y s + kx - p. Dilating E by the stride (zeros between samples) and flipping the kernel
-// makes that a stride-1 correlation, the same one conv_forward computes:
-//   dA(ix) = sum_{kx', o} Ed(ix + kx' - (K - 1 - p)) W(K - 1 - kx', c, o),  Ed(u) = E(u / s) if s | u.
-// (At stride 2, three quarters of Ed are zeros; a polyphase split would skip them.)
+// ix = y s + kx - p. At stride 1, flipping the kernel makes that a correlation, the one
+// conv_forward computes:
+//   dA(ix) = sum_{kx', o} E(ix + kx' - (K - 1 - p)) W(K - 1 - kx', c, o).
+// At stride s the pixels of one phase, ix = s X + phase, receive only the taps
+// kx = (phase + p) mod s + s t: a stride-1 correlation of E with a sub-kernel. The runtime
+// runs each row phase as one call, merging the s column phases' sub-kernels into one kernel
+// of s C output channels (channel s c + phase; zeros where a phase has fewer taps), and the
+// kernels interleave the phases' columns as they store them (x_phases, see
+// interleave_column_phases): no multiply meets the zeros between the samples of a dilated
+// E, and every store is dense.
 //   integer: int8 E and W, int32 sums, dA = acc * error_scale(n) * weight_scale(c), in double.
 //            W's group scales vary along the reduction (per output channel o), so the runtime
 //            passes them as left shifts, weight_shift(o) = e_max - e_o, applied to the int16
@@ -31,7 +37,7 @@ void set_integer_backward_data_estimates(Gen &gen) {
     gen.error_scale.set_estimates({{0, kEstimateBatch}});
     gen.weight_scale.set_estimates({{0, kEstimateChannels}});
     gen.weight_shift.set_estimates({{0, kEstimateChannels}});
-    gen.stride.set_estimate(1);
+    gen.x_phases.set_estimate(1);
     gen.pad_x.set_estimate(1);
     gen.pad_y.set_estimate(1);
     gen.output.set_estimates(kActivationEstimate);
@@ -45,9 +51,10 @@ public:
     Input<Buffer<double, 1>> error_scale{"error_scale"};     // (n)
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
     Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
-    Input<int> stride{"stride"};
-    // Per axis, and the kernel may be rectangular: the runtime runs strided layers as
-    // stride-1 phases with sub-kernels (runtime/conv.cpp).
+    // 1, or the layer's stride s: the output interleaves s column phases, the weights (kx, ky,
+    // s C, o) holding phase `phase` of channel c as channel s c + phase.
+    Input<int> x_phases{"x_phases"};
+    // Per axis, and the kernel may be rectangular: a phase's sub-kernel (runtime/conv.cpp).
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
@@ -59,9 +66,9 @@ public:
         Func e = channel_bounded(errors, errors.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
         const Expr o = channel_in_group(group, j, g);
-        // Ed of the comment above: E dilated by the stride and shifted by K - 1 - pad.
+        // E shifted by K - 1 - pad (of the comment above).
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride, 1,
+                            kernel_y - 1 - pad_y, 1, 1,
                             [&](Expr ix, Expr iy) { return pack_integer_input(e(ix, iy, o, n), g); });
         Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
         if (g == 2) {
@@ -71,10 +78,10 @@ public:
         p.packed_weights(j, x, y, group, k) = weight;
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
-        p.dilation = stride;
+        sum = interleave_column_phases(p, sum, x_phases);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
-        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
+        p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
 
         set_integer_backward_data_estimates(*this);
     }
@@ -103,7 +110,7 @@ public:
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
     Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
     Input<int> weight_offset{"weight_offset"};               // added to the shifted weights
-    Input<int> stride{"stride"};
+    Input<int> x_phases{"x_phases"};                         // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Input<int> chunk{"chunk"};                  // groups of 4 output channels per int16 sum
@@ -119,16 +126,15 @@ public:
         Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
         const Expr o = channel_in_group(group, j, 4);
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride, 1, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, 1, 1, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
         // A channel past the last o has weight `offset` here, but its errors are zero.
         Expr shifted = cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o));
         p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
         Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk) -
                    define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
-        p.dilation = stride;
+        sum = interleave_column_phases(p, sum, x_phases);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
-        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
 
         set_integer_backward_data_estimates(*this);
         weight_offset.set_estimate(7);
@@ -146,9 +152,7 @@ public:
     LOWBIT_CONV_KNOBS
     Input<Buffer<float, 4>> errors{"errors"};    // (x, y, o, n)
     Input<Buffer<float, 4>> weights{"weights"};  // (kx, ky, c, o)
-    Input<int> stride{"stride"};
-    // Per axis, and the kernel may be rectangular: the runtime runs strided layers as
-    // stride-1 phases with sub-kernels (runtime/conv.cpp).
+    Input<int> x_phases{"x_phases"};             // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
@@ -158,16 +162,16 @@ public:
         p.group = 1;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, stride, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, 1, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
-        output(x, y, k, n) = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32));
-        p.dilation = stride;
+        output(x, y, k, n) = interleave_column_phases(
+            p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), x_phases);
         p.output = output;
-        p.output_stride_x = any_x_stride(output);  // a phase of a strided layer's dA
+        p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);
-        stride.set_estimate(1);
+        x_phases.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);
         output.set_estimates(kActivationEstimate);

@@ -276,8 +276,8 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
 
 // A 1x1 convolution at stride s > 1 reads only every s-th pixel of the input; the forward
 // and weight-gradient kernels would pack all of them. So they run at stride 1 on a view of
-// the pixels it reads (the kernels take any x stride). (Backward-data gets the same effect
-// from its phase split below.)
+// the pixels it reads (the kernels take any x stride). (Backward-data likewise writes a view
+// of the pixels it reaches: backward_data_by_phases.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
 // (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s), as a kernel input.
@@ -290,76 +290,118 @@ Buffer<const T> strided_view(const T *data, const Shape &full, const Shape &out_
     return Buffer<const T>(data, 4, dims);
 }
 
-// Backward-data at stride s > 1 runs as s x s stride-1 phases, so no multiply meets the zeros
-// of a dilated E: phase (px, py) of dA holds the pixels (s Y + py, s X + px), fed only by
-// the taps kx = kx0 + s t with kx0 = (px + p) mod s, which read E(X + (px + p) / s - t). That
-// is the stride-1 backward-data of a sub-kernel with pad (px + p) / s per axis.
-struct Phase {
-    int64_t px, py;          // phase
-    int64_t kx0, ky0;        // first tap
-    int64_t taps_x, taps_y;  // sub-kernel size (0: the phase receives nothing)
-    int64_t pad_x, pad_y;    // stride-1 padding of the sub-problem
-    int64_t width, height;   // pixels of dA in the phase
+// Backward-data at stride s > 1: the pixels s Y + py, s X + px of phase (px, py) of dA are fed
+// only by the taps kx = (px + p) mod s + s t (and likewise in y), which read
+// E(X + (px + p) / s - t): a stride-1 backward-data of a sub-kernel. No multiply meets the
+// zeros of a dilated E. Each row phase py is one kernel call into rows py, py + s, ... of dA;
+// within it the kernel interleaves the s column phases (x_phases), from one kernel of s C
+// output channels, channel s c + px holding phase px's sub-kernel over the columns all the
+// phases read (zeros where a phase has fewer taps: a 3x3 layer's phases have 1 and 2).
+// Session 8, against a call per phase storing its pixels one by one into a strided view of dA
+// (~30% of its time): stride-2 3x3 layers +7-9% integer, +3-34% float32.
+
+// Taps of one phase along one axis: it reads E(X + first - t) through W(k0 + s t), t < taps.
+struct PhaseTaps {
+    int64_t k0, taps, first;
 };
 
-std::vector<Phase> phases_of(const Shape &input, int64_t K, const ConvGeometry &g) {
-    std::vector<Phase> phases;
-    const int64_t s = g.stride, p = g.pad;
-    for (int64_t py = 0; py < s; py++) {
-        for (int64_t px = 0; px < s; px++) {
-            Phase ph{px, py, (px + p) % s, (py + p) % s, 0, 0, (px + p) / s, (py + p) / s, 0, 0};
-            ph.taps_x = ph.kx0 < K ? (K - ph.kx0 + s - 1) / s : 0;
-            ph.taps_y = ph.ky0 < K ? (K - ph.ky0 + s - 1) / s : 0;
-            ph.width = (input[3] - px + s - 1) / s;
-            ph.height = (input[2] - py + s - 1) / s;
-            phases.push_back(ph);
-        }
-    }
-    return phases;
+PhaseTaps phase_taps(int64_t phase, int64_t K, const ConvGeometry &g) {
+    const int64_t s = g.stride, k0 = (phase + g.pad) % s;
+    return {k0, k0 < K ? (K - k0 + s - 1) / s : 0, (phase + g.pad) / s};
 }
 
-// The sub-kernel of a phase, (O, C, taps_y, taps_x): W(o, c, ky0 + s ty, kx0 + s tx).
+// The merged kernel of row phase py, (O, s C, taps_y, width) with width = columns of E
+// read: channel s c + px, column u reads E(X + pad_x - u) (the kernels' stride-1 backward-data
+// with pad pad_x). Empty (width 0) where no tap reaches the row phase.
 template <class T>
-std::vector<T> sub_kernel(const T *w, const Shape &w_shape, const Phase &ph, int64_t s) {
-    const int64_t K = w_shape[2];
-    std::vector<T> out(size_t(w_shape[0] * w_shape[1] * ph.taps_y * ph.taps_x));
-    size_t k = 0;
-    for (int64_t oc = 0; oc < w_shape[0] * w_shape[1]; oc++)
-        for (int64_t ty = 0; ty < ph.taps_y; ty++)
-            for (int64_t tx = 0; tx < ph.taps_x; tx++) out[k++] = w[(oc * K + ph.ky0 + s * ty) * K + ph.kx0 + s * tx];
-    return out;
+struct MergedPhases {
+    std::vector<T> weights;
+    Shape shape;
+    int pad_x = 0, pad_y = 0;
+};
+
+template <class T>
+MergedPhases<T> merge_column_phases(const T *w, const Shape &w_shape, int64_t py, const ConvGeometry &g) {
+    const int64_t O = w_shape[0], C = w_shape[1], K = w_shape[2], s = g.stride;
+    const PhaseTaps row = phase_taps(py, K, g);
+    std::vector<PhaseTaps> columns;
+    int64_t first = INT64_MIN, last = INT64_MAX;  // the offsets first - t read, over the phases
+    for (int64_t px = 0; px < s; px++) {
+        columns.push_back(phase_taps(px, K, g));
+        const PhaseTaps &c = columns.back();
+        if (c.taps == 0) continue;
+        first = std::max(first, c.first);
+        last = std::min(last, c.first - c.taps + 1);
+    }
+    MergedPhases<T> merged;
+    if (row.taps == 0 || first == INT64_MIN) return merged;
+    const int64_t width = first - last + 1;
+    merged.shape = {O, s * C, row.taps, width};
+    merged.pad_x = int(first);
+    merged.pad_y = int(row.first);
+    merged.weights.assign(size_t(shape_numel(merged.shape)), T(0));
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t px = 0; px < s; px++)
+                for (int64_t ty = 0; ty < row.taps; ty++)
+                    for (int64_t t = 0; t < columns[size_t(px)].taps; t++) {
+                        // Column u reads E(X + first - u); tap t of phase px reads E(X + first_px - t).
+                        const int64_t u = first - (columns[size_t(px)].first - t);
+                        const int64_t ky = row.k0 + s * ty, kx = columns[size_t(px)].k0 + s * t;
+                        merged.weights[size_t(((o * s * C + s * c + px) * row.taps + ty) * width + u)] =
+                            w[((o * C + c) * K + ky) * K + kx];
+                    }
+    return merged;
 }
 
-// The pixels (s Y + py, s X + px) of `out` (N, C, H, W) that phase (px, py) computes, as the
-// kernels' (x, y, c, n) output: a strided view, so each phase writes straight into dA (its
-// stores scatter, which costs far less than a separate pass interleaving the phases' results:
-// that pass read and wrote all of dA, 1.7x the time of the phases' products, session 6).
-Buffer<float> phase_view(Tensor &out, const Phase &ph, int64_t s) {
+// Rows py, py + s, ... of `out` (N, C, H, W) as the kernels' (x, y, c, n) output.
+Buffer<float> row_phase_view(Tensor &out, int64_t py, int64_t s) {
     const Shape &f = out.shape();
-    halide_dimension_t dims[4] = {{0, int(ph.width), int(s)},
-                                  {0, int(ph.height), int(s * f[3])},
+    halide_dimension_t dims[4] = {{0, int(f[3]), 1},
+                                  {0, int((f[2] - py + s - 1) / s), int(s * f[3])},
                                   {0, int(f[1]), int(f[2] * f[3])},
                                   {0, int(f[0]), int(f[1] * f[2] * f[3])}};
-    return Buffer<float>(out.data() + ph.py * f[3] + ph.px, 4, dims);
+    return Buffer<float>(out.data() + py * f[3], 4, dims);
 }
 
-// Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, pad_x, pad_y,
-// output)`: directly at stride 1, phase by phase into strided views of `out` otherwise. Pixels
-// that no tap reaches (a 1x1 layer's odd rows and columns) are zero.
+// The pixels (s Y, s X) of `out` (N, C, H, W) as a kernel's (x, y, c, n) output: a strided view.
+Buffer<float> every_stride_th_pixel(Tensor &out, int64_t s) {
+    const Shape &f = out.shape();
+    halide_dimension_t dims[4] = {{0, int((f[3] - 1) / s + 1), int(s)},
+                                  {0, int((f[2] - 1) / s + 1), int(s * f[3])},
+                                  {0, int(f[1]), int(f[2] * f[3])},
+                                  {0, int(f[0]), int(f[1] * f[2] * f[3])}};
+    return Buffer<float>(out.data(), 4, dims);
+}
+
+// Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, x_phases,
+// pad_x, pad_y, output)`: directly at stride 1, one call per row phase otherwise. Rows that no
+// tap reaches are zero. A 1x1 strided layer reaches only the pixels (s Y, s X): zeros, then one
+// call storing into a strided view of those (pair and float32 kernels only; merged phases
+// would multiply the other column phase's zero weights, and a dense call spread out after
+// was 1.3-1.4x slower, session 8).
 template <class T, class Pass>
 void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out, Pass pass) {
     if (g.stride == 1) {
-        pass(weights, w_shape, g.pad, g.pad, nchw(out.data(), out.shape()));
+        pass(weights, w_shape, 1, g.pad, g.pad, nchw(out.data(), out.shape()));
         return;
     }
-    const std::vector<Phase> phases = phases_of(out.shape(), w_shape[2], g);
-    auto reached = [](const Phase &ph) { return ph.width > 0 && ph.height > 0 && ph.taps_x > 0 && ph.taps_y > 0; };
-    if (!std::all_of(phases.begin(), phases.end(), reached)) std::fill(out.data(), out.data() + out.numel(), 0.0f);
-    for (const Phase &ph : phases) {
-        if (!reached(ph)) continue;
-        const std::vector<T> sub = sub_kernel(weights, w_shape, ph, g.stride);
-        pass(sub.data(), Shape{w_shape[0], w_shape[1], ph.taps_y, ph.taps_x}, int(ph.pad_x), int(ph.pad_y),
-             phase_view(out, ph, g.stride));
+    if (strided_pointwise(w_shape, g)) {
+        std::fill(out.data(), out.data() + out.numel(), 0.0f);
+        pass(weights, w_shape, 1, 0, 0, every_stride_th_pixel(out, g.stride));
+        return;
+    }
+    const Shape &f = out.shape();
+    for (int64_t py = 0; py < g.stride && py < f[2]; py++) {
+        const MergedPhases<T> merged = merge_column_phases(weights, w_shape, py, g);
+        if (merged.weights.empty()) {
+            for (int64_t plane = 0; plane < f[0] * f[1]; plane++)
+                for (int64_t y = py; y < f[2]; y += g.stride)
+                    std::fill_n(out.data() + (plane * f[2] + y) * f[3], f[3], 0.0f);
+            continue;
+        }
+        pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad_x, merged.pad_y,
+             row_phase_view(out, py, g.stride));
     }
 }
 
@@ -374,7 +416,8 @@ Shape conv_output_shape(const Shape &input, const Shape &weights, const ConvGeom
     if (weights[1] != input[1])
         throw std::invalid_argument(fmt::format("conv: weights {} do not match the {} channels of input {}",
                                                 shape_string(weights), input[1], shape_string(input)));
-    if (g.stride < 1) throw std::invalid_argument(fmt::format("conv: stride {} must be at least 1", g.stride));
+    if (g.stride != 1 && g.stride != 2)
+        throw std::invalid_argument(fmt::format("conv: stride {} is not 1 or 2", g.stride));
     if (g.pad < 0 || g.pad >= K) throw std::invalid_argument(fmt::format("conv: padding {} outside [0, {})", g.pad, K));
     const int64_t oh = (input[2] + 2 * g.pad - K) / g.stride + 1, ow = (input[3] + 2 * g.pad - K) / g.stride + 1;
     if (input[2] + 2 * g.pad < K || input[3] + 2 * g.pad < K)
@@ -406,8 +449,8 @@ Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Sha
     Tensor out = Tensor::uninitialized(input_shape);
     auto eb = nchw(e.data(), e.shape());
     backward_data_by_phases(w.data(), w.shape(), g, out,
-                            [&](const float *wd, const Shape &ws, int pad_x, int pad_y, Buffer<float> o) {
-                                kernels::conv_backward_data_float(eb, nchw(wd, ws), 1, pad_x, pad_y, o);
+                            [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o) {
+                                kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o);
                             });
     return out;
 }
@@ -520,17 +563,17 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
             if (!four_term) offset = offset_weights(w.values, weights.shape, shifts, O * K * K, errors.format.qmax());
             backward_data_by_phases(
                 w.values, weights.shape, g, out,
-                [&](const int8_t *wd, const Shape &ws, int pad_x, int pad_y, Buffer<float> o) {
+                [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o) {
                     // A 1x1 window (1x1 layers, a phase of a strided 3x3) has too few products
                     // per position to repay the offset's correction (measured: 10-15% slower).
                     const int64_t taps = ws[2] * ws[3];
                     const int chunk =
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
                     if (chunk > 0) {
-                        kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset, 1,
-                                                           pad_x, pad_y, chunk, o);
+                        kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
+                                                           phases, pad_x, pad_y, chunk, o);
                     } else {
-                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, 1, pad_x, pad_y, o);
+                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y, o);
                     }
                 });
         });

@@ -67,16 +67,15 @@ Stage schedule_narrow_sums(Func narrow, Func wide, const RVar &chunk, const RVar
 
 // A packed input's interior (the update writing the source at its padded place), its loops
 // already ordered and parallel. Rows of one column phase (stride 1) are dense vector loops,
-// specialized on what the runtime passes: undilated errors (backward-data, `dilation`
-// defined) store densely; a dense source, or every other pixel of one (1x1 stride-2 layers:
-// dense loads and a deinterleave), where `input_stride_x` is defined; other strides gather.
+// specialized on what the runtime passes where `input_stride_x` is defined: a dense source,
+// or every other pixel of one (1x1 stride-2 layers: dense loads and a deinterleave); other
+// strides gather.
 // At stride 2 each row splits into its even and odd columns (unrolled), each a dense store
 // into its column phase, with `inner` (a channel group's positions) innermost.
-void schedule_padded_rows(Stage interior, const RVar &x, const Expr &stride, const Expr &dilation,
-                          const Expr &input_stride_x, const std::vector<VarOrRVar> &inner, int v) {
+void schedule_padded_rows(Stage interior, const RVar &x, const Expr &stride, const Expr &input_stride_x,
+                          const std::vector<VarOrRVar> &inner, int v) {
     auto dense_rows = [&](Stage rows) {
         rows.vectorize(x, v, TailStrategy::GuardWithIf);
-        if (dilation.defined()) rows.specialize(dilation == 1);
         if (input_stride_x.defined()) {
             for (int step : {1, 2}) rows.specialize(input_stride_x == step);
         }
@@ -198,18 +197,40 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     const RDom &r = p.reduction;
     Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
 
-    p.output.split(p.x, xo, xi, v * tile_x, TailStrategy::GuardWithIf)
-        .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
-        .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
-        .reorder(xi, ki, yi, xo, yo, ko, p.n)
-        .vectorize(xi, v)
-        .unroll(ki)
-        .unroll(yi)
-        .fuse(ko, p.n, task)
-        .parallel(task);
-    // Backward-data may write a strided view (a stride-2 layer's phase, straight into its
-    // pixels of dA): such stores are scattered; dense outputs get their own dense loop.
-    if (p.output_stride_x.defined()) p.output.specialize(p.output_stride_x == 1);
+    // The output tile, (v tile_x positions) x (tile_y rows) x (tile_k channels) of the
+    // accumulator; backward-data of a strided layer (x_phases s) stores the s column phases of
+    // each position side by side, phases innermost (unrolled), so their strided stores merge
+    // into dense interleaved vectors (Halide's store interleaving), over tile_k / s channels.
+    auto tile_output = [&](Stage out, int phases) {
+        Var x = p.x, column("column"), phase("phase");
+        if (phases > 1) {
+            out.split(p.x, column, phase, phases, TailStrategy::GuardWithIf);
+            x = column;
+        }
+        out.split(x, xo, xi, v * tile_x, TailStrategy::GuardWithIf)
+            .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
+            .split(p.k, ko, ki, std::max(1, tile_k / phases), TailStrategy::GuardWithIf);
+        if (phases > 1) {
+            out.reorder(xi, phase, ki, yi, xo, yo, ko, p.n).unroll(phase);
+        } else {
+            out.reorder(xi, ki, yi, xo, yo, ko, p.n);
+        }
+        out.vectorize(xi, v).unroll(ki).unroll(yi).fuse(ko, p.n, task).parallel(task);
+    };
+    if (p.x_phases.defined()) {
+        // Each specialization copies the schedule as it stands: two phases first (a dense
+        // output, which the interleaved stores need), then the plain tile for one phase, dense
+        // or, where the output may be a strided view (1x1 strided layers), storing lane by
+        // lane; no code for other cases (the runtime never passes them).
+        const Expr dense = p.output_stride_x.defined() ? p.output_stride_x == 1 : Internal::const_true();
+        tile_output(p.output.specialize(p.x_phases == 2 && dense), 2);
+        tile_output(p.output, 1);
+        p.output.specialize(p.x_phases == 1 && dense);
+        if (p.output_stride_x.defined()) p.output.specialize(p.x_phases == 1);
+        p.output.specialize_fail("x_phases must be 1 or 2 (2 only into a dense output)");
+    } else {
+        tile_output(p.output, 1);
+    }
 
     p.accumulator.compute_at(p.output, xo)
         .bound_extent(p.x, v * tile_x)
@@ -235,10 +256,11 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // tap's column phase, ConvPipeline). Each specialization inherits the schedule above.
     const int window_unroll = params.window_unroll;
     if (p.stride.as<Internal::IntImm>()) {
-        // 3x3 windows, and backward-data's phase sub-kernels of a 3x3 stride-2 layer
-        // (runtime/conv.cpp): 2x2, 2x1, 1x2.
+        // 3x3 windows; backward-data's merged phase sub-kernels of a 3x3 stride-2 layer
+        // (runtime/conv.cpp), 2 columns by 2 or 1 rows, and its 1x1 windows (whose generic
+        // loop over a one-tap window cost 1x1 stride-2 layers 20-40%, session 8).
         std::vector<std::pair<int, int>> windows = {{3, 3}};
-        if (p.dilation.defined()) windows.insert(windows.end(), {{2, 2}, {2, 1}, {1, 2}});
+        if (p.x_phases.defined()) windows.insert(windows.end(), {{2, 2}, {2, 1}, {1, 1}});
         for (const auto &[wx, wy] : windows) {
             Stage window = update.specialize(p.kernel == wx).specialize(p.kernel_y == wy);
             if (window_unroll >= 1) window.unroll(r[1]);
@@ -264,13 +286,13 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .parallel(p.n);
     Stage interior = p.packed_input.update();
     // The lanes store to distinct places for any step >= 1 (the runtime checks the stride),
-    // which Halide cannot prove for backward-data's symbolic dilation or forward's symbolic
-    // column phases: hence allow_race_conditions.
+    // which Halide cannot prove for forward's symbolic column phases: hence
+    // allow_race_conditions.
     interior.reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n)
         .unroll(p.j)
         .parallel(p.n)
         .allow_race_conditions();
-    schedule_padded_rows(interior, p.interior.x, p.stride, p.dilation, p.input_stride_x, {p.j}, v);
+    schedule_padded_rows(interior, p.interior.x, p.stride, p.input_stride_x, {p.j}, v);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
 
     if (p.correction.defined()) {
@@ -365,7 +387,7 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     p.packed_input.compute_root().vectorize(p.m, v, TailStrategy::RoundUp).parallel(p.n);
     Stage interior = p.packed_input.update();
     interior.reorder(p.interior.x, p.interior.y, p.c, p.n).parallel(p.n).allow_race_conditions();
-    schedule_padded_rows(interior, p.interior.x, p.stride, Expr(), p.input_stride_x, {}, v);
+    schedule_padded_rows(interior, p.interior.x, p.stride, p.input_stride_x, {}, v);
     update.specialize(p.stride == 1);
     update.specialize(p.stride == 2);
 }

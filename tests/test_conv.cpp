@@ -142,6 +142,42 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
     if (best_isa() != Isa::avx512_vnni) ASSERT_TRUE(kernels::conv_backward_data_narrow.last_isa().has_value());
 }
 
+// Stride-2 backward-data interleaves its two column phases in the kernels' vector loops
+// (runtime/conv.cpp, interleave_column_phases). The shapes above are narrower than a vector of
+// either phase; these rows hold several (33 and 34 columns: an odd width ends on phase 0),
+// against the float64 reference through each kernel that runs them: narrow sums (4 bits),
+// int16 pairs (8 bits, whose products are too wide for int16 sums; or the 4-term kernel on
+// VNNI) and float32.
+TEST(IntegerConv, StridedBackwardDataInterleavesColumnPhases) {
+    uint32_t seed = 90;
+    for (int64_t K : {3, 5}) {
+        for (int64_t W : {33, 34}) {
+            const ConvShape s{2, 5, 12, W, 7, K, 2, K / 2};
+            const ConvGeometry g{2, int(K / 2)};
+            const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, K, K};
+            const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+            SCOPED_TRACE("K" + std::to_string(K) + " W" + std::to_string(W));
+            const Tensor w = random_tensor(w_shape, seed++), e = random_tensor(e_shape, seed++);
+            const auto wv = as_double(w), ev = as_double(e);
+            expect_close(conv_backward_data(e, w, a_shape, g), reference::conv_backward_data(s, ev, wv),
+                         reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-5, "float32");
+            for (const char *bits : {"m3e0", "m7e0"}) {
+                const std::string format = bits + std::string("/g3/");
+                const QuantizedTensor qw =
+                    quantize(w, parse_format(format + "channel"), Rounding::nearest, 0, 0, 1, TensorRole::weight);
+                const QuantizedTensor qe =
+                    quantize(e, parse_format(format + "sample"), Rounding::stochastic, 7, 0, 2, TensorRole::error);
+                const auto qwv = dequantized(qw), qev = dequantized(qe);
+                const uint64_t narrow_before = kernels::conv_backward_data_narrow.calls();
+                expect_close(conv_backward_data(qe, qw, a_shape, g), reference::conv_backward_data(s, qev, qwv),
+                             reference::conv_backward_data(s, absolute(qev), absolute(qwv)), 1e-6, bits);
+                const bool narrow = kernels::conv_backward_data_narrow.calls() > narrow_before;
+                if (best_isa() != Isa::avx512_vnni) EXPECT_EQ(narrow, bits[1] == '3') << bits;
+            }
+        }
+    }
+}
+
 // Unsigned activations (as after a ReLU) run forward and weight gradient through the
 // *_unsigned kernels: uint8 x int8 products summed in int16 chunks on AVX2 (checked to have
 // run).
@@ -398,6 +434,7 @@ TEST(IntegerConv, RejectsMismatchedOperands) {
         quantize(random_tensor({4, 2, 3, 3}, 2), parse_format("m3e0"), Rounding::nearest, 0, 0, 0, TensorRole::weight);
     EXPECT_THROW(conv_forward(a, w2, {1, 1}), std::invalid_argument);  // channel mismatch
     EXPECT_THROW(conv_forward(a, w, {0, 1}), std::invalid_argument);   // stride 0
+    EXPECT_THROW(conv_forward(a, w, {3, 1}), std::invalid_argument);   // stride 3: 1 or 2 only
     EXPECT_THROW(conv_forward(a, w, {1, 3}), std::invalid_argument);   // padding >= K
 }
 
@@ -434,12 +471,16 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, channel_shifts,
                                       stride, int(K / 2), y2b);
                 EXPECT_EQ(0, std::memcmp(y4.data(), y2.data(), size_t(y4.numel()) * sizeof(float))) << "forward";
+                // Backward-data at stride 2 interleaves two column phases, from weights of
+                // 2 C channels (phase ph of channel c is channel 2 c + ph).
+                const Shape wd_shape = {5, stride * C, K, K};
+                const std::vector<int8_t> wd = random_q(wd_shape);
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
-                kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, shifts,
+                kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
                                                  stride, int(K / 2), int(K / 2), d4b);
-                kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(w.data(), w_shape), s2b, scb, shifts, stride,
-                                            int(K / 2), int(K / 2), d2b);
+                kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
+                                            stride, int(K / 2), int(K / 2), d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
             }
         }

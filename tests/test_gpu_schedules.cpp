@@ -12,6 +12,7 @@
 
 #include "conv.h"
 #include "conv_backward_data_float_opencl.h"
+#include "conv_backward_data_float_variants.h"
 #include "conv_backward_data_opencl.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_weight_float_opencl.h"
@@ -158,12 +159,17 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
             Tensor d = Tensor::uninitialized(a_shape), cpu = Tensor::uninitialized(a_shape);
             Buffer<float> db = nchw(d.data(), a_shape), cb = nchw(cpu.data(), a_shape);
             std::vector<uint8_t> shifts = {0, 3, 1, 7};  // per output channel of the layer
-            ASSERT_EQ(conv_backward_data_opencl(eb, wb, host<const double>(s3.data(), {3}),
+            // At stride 2 the kernel interleaves two column phases, from weights of 2 C channels.
+            const Shape wd_shape = {4, stride * 5, 3, 3};
+            const QuantizedTensor wd = quantize(random_tensor(wd_shape, 8), parse_format("m3e0/g3/channel"),
+                                                Rounding::nearest, 0, 0, 0, TensorRole::weight);
+            Buffer<const int8_t> wdb = nchw(wd.values.data(), wd_shape);
+            ASSERT_EQ(conv_backward_data_opencl(eb, wdb, host<const double>(s3.data(), {3}),
                                                 host<const double>(s5.data(), {5}),
                                                 host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, db),
                       0);
             finish(db);
-            kernels::conv_backward_data(eb, wb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
+            kernels::conv_backward_data(eb, wdb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
                                         host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, cb);
             EXPECT_EQ(std::vector<float>(d.data(), d.data() + d.numel()),
                       std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
@@ -194,17 +200,23 @@ TEST_F(GpuSchedules, FloatConvolutionsMatchCpu) {
             EXPECT_NEAR(gpu[k], cpu[k], 1e-5f * (1 + std::fabs(cpu[k]))) << what << " element " << k;
         }
     };
+    // Backward-data at stride 2 interleaves two column phases, from weights of 2 C channels
+    // (runtime/conv.cpp builds them from the layer's): compared with the CPU kernel.
+    const Shape wd_shape = {4, 6, 3, 3};
+    const Tensor wd = random_tensor(wd_shape, 8);
     Tensor y = Tensor::uninitialized(y_shape), da = Tensor::uninitialized(a_shape), dw = Tensor::uninitialized(w_shape);
+    Tensor da_cpu = Tensor::uninitialized(a_shape);
     Buffer<float> yb = nchw(y.data(), y_shape), dab = nchw(da.data(), a_shape), dwb = nchw(dw.data(), w_shape);
     Buffer<const float> ab = nchw(a.data(), a_shape), wb = nchw(w.data(), w_shape), eb = nchw(e.data(), y_shape);
     ASSERT_EQ(conv_forward_float_opencl(ab, wb, 2, 1, yb), 0);
-    ASSERT_EQ(conv_backward_data_float_opencl(eb, wb, 2, 1, 1, dab), 0);
+    ASSERT_EQ(conv_backward_data_float_opencl(eb, nchw(wd.data(), wd_shape), 2, 1, 1, dab), 0);
     ASSERT_EQ(conv_backward_weight_float_opencl(eb, ab, 2, 1, dwb), 0);
     finish(yb);
     finish(dab);
     finish(dwb);
+    kernels::conv_backward_data_float(eb, nchw(wd.data(), wd_shape), 2, 1, 1, nchw(da_cpu.data(), a_shape));
     expect_near(y, conv_forward(a, w, g), "forward");
-    expect_near(da, conv_backward_data(e, w, a_shape, g), "backward-data");
+    expect_near(da, da_cpu, "backward-data");
     expect_near(dw, conv_backward_weight(e, a, 3, g), "backward-weight");
 }
 
