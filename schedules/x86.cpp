@@ -176,11 +176,11 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
 namespace lowbit::schedules::x86 {
 
 // Convolutions as a correlation (forward, backward-data).
-// Measured (AVX2 variant, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 7,
-// a slow hour, docs/PERFORMANCE.md): integer forward on unsigned activations (narrow sums)
-// 56-103 G MAC/s (0.38-0.70 of the vpmaddubsw peak measured in the same run, 1.9-3.1x
-// PyTorch float32), backward-data (narrow sums on offset weights) 56-97 at stride 1
-// (0.35-0.60), 24-34 at stride 2; float32 forward 22-42 (0.31-0.60 of the FMA peak).
+// Measured (AVX2 variant, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8,
+// a fast hour, docs/PERFORMANCE.md): integer forward on unsigned activations (narrow sums)
+// 68-108 G MAC/s (0.41-0.76 of the vpmaddubsw peak measured in the same run, 2.1-3.4x
+// PyTorch float32), backward-data (narrow sums on offset weights) 68-104 at stride 1
+// (0.41-0.63), 27-39 at stride 2; float32 forward 23-50 (0.28-0.60 of the FMA peak).
 // AVX-512 VNNI: not measured (no such CPU at hand).
 //   - each thread takes (output-channel tile, sample) pairs;
 //   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
@@ -319,9 +319,9 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     }
 }
 
-// Measured (AVX2, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 7, a slow
-// hour): integer on unsigned activations (narrow sums) 40-84 G MAC/s (0.26-0.54 of the
-// vpmaddubsw peak measured in the same run, 1.2-2.7x PyTorch float32), float32 12-29.
+// Measured (AVX2, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8, a fast
+// hour): integer on unsigned activations (narrow sums) 44-99 G MAC/s (0.33-0.60 of the
+// vpmaddubsw peak measured in the same run, 1.1-5.3x PyTorch float32), float32 12-38.
 // Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per
 // sample and kernel offset, a register tile of (tile_x vectors of output channels) x
 // (tile_channels inputs) accumulates over the output positions, pairs of x reduced by
