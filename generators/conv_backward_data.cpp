@@ -5,13 +5,12 @@
 // ix = y s + kx - p. At stride 1, flipping the kernel makes that a correlation, the one
 // conv_forward computes:
 //   dA(ix) = sum_{kx', o} E(ix + kx' - (K - 1 - p)) W(K - 1 - kx', c, o).
-// At stride s the pixels of one phase, ix = s X + phase, receive only the taps
+// At stride s the pixels of one phase, ix = s X + phase (per axis), receive only the taps
 // kx = (phase + p) mod s + s t: a stride-1 correlation of E with a sub-kernel. The runtime
-// runs each row phase as one call, merging the s column phases' sub-kernels into one kernel
-// of s C output channels (channel s c + phase; zeros where a phase has fewer taps), and the
-// kernels interleave the phases' columns as they store them (x_phases, see
-// interleave_column_phases): no multiply meets the zeros between the samples of a dilated
-// E, and every store is dense.
+// merges the s x s phases' sub-kernels into one kernel of s s C output channels (zeros where
+// a phase has fewer taps), and the kernels place each phase's result at its pixels as they
+// store it (`phases`, see interleave_phases): one call, no multiply meets the zeros between
+// the samples of a dilated E, and every store is dense.
 //   integer: int8 E and W, int32 sums, dA = acc * error_scale(n) * weight_scale(c), in double.
 //            W's group scales vary along the reduction (per output channel o), so the runtime
 //            passes them as left shifts, weight_shift(o) = e_max - e_o, applied to the int16
@@ -37,7 +36,7 @@ void set_integer_backward_data_estimates(Gen &gen) {
     gen.error_scale.set_estimates({{0, kEstimateBatch}});
     gen.weight_scale.set_estimates({{0, kEstimateChannels}});
     gen.weight_shift.set_estimates({{0, kEstimateChannels}});
-    gen.x_phases.set_estimate(1);
+    gen.phases.set_estimate(1);
     gen.pad_x.set_estimate(1);
     gen.pad_y.set_estimate(1);
     gen.output.set_estimates(kActivationEstimate);
@@ -51,9 +50,9 @@ public:
     Input<Buffer<double, 1>> error_scale{"error_scale"};     // (n)
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
     Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
-    // 1, or the layer's stride s: the output interleaves s column phases, the weights (kx, ky,
-    // s C, o) holding phase `phase` of channel c as channel s c + phase.
-    Input<int> x_phases{"x_phases"};
+    // 1, or the layer's stride s: the output interleaves s x s phases, the weights (kx, ky,
+    // s s C, o) holding phase (px, py) of channel c as channel s (s c + py) + px.
+    Input<int> phases{"phases"};
     // Per axis, and the kernel may be rectangular: a phase's sub-kernel (runtime/conv.cpp).
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
@@ -78,7 +77,7 @@ public:
         p.packed_weights(j, x, y, group, k) = weight;
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
-        sum = interleave_column_phases(p, sum, x_phases);
+        sum = interleave_phases(p, sum, phases);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
         p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
@@ -110,7 +109,7 @@ public:
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (c)
     Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (o)
     Input<int> weight_offset{"weight_offset"};               // added to the shifted weights
-    Input<int> x_phases{"x_phases"};                         // as ConvBackwardData's
+    Input<int> phases{"phases"};                             // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Input<int> chunk{"chunk"};                  // groups of 4 output channels per int16 sum
@@ -132,7 +131,7 @@ public:
         p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
         Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk) -
                    define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
-        sum = interleave_column_phases(p, sum, x_phases);
+        sum = interleave_phases(p, sum, phases);
         output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
         p.output = output;
 
@@ -152,7 +151,7 @@ public:
     LOWBIT_CONV_KNOBS
     Input<Buffer<float, 4>> errors{"errors"};    // (x, y, o, n)
     Input<Buffer<float, 4>> weights{"weights"};  // (kx, ky, c, o)
-    Input<int> x_phases{"x_phases"};             // as ConvBackwardData's
+    Input<int> phases{"phases"};                 // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
@@ -164,14 +163,14 @@ public:
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
-        output(x, y, k, n) = interleave_column_phases(
-            p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), x_phases);
+        output(x, y, k, n) =
+            interleave_phases(p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), phases);
         p.output = output;
         p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);
-        x_phases.set_estimate(1);
+        phases.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);
         output.set_estimates(kActivationEstimate);

@@ -61,17 +61,17 @@ inline Expr packed_input_at(schedules::ConvPipeline &p, const Expr &j, const Exp
     return p.packed_input(j, p.x + kx / p.stride, kx % p.stride, row, channel_group, p.n);
 }
 
-// Backward-data of a stride-s layer computes the s column phases of dA in one call (s = 1: the
-// plain correlation): output column x = s X + phase is the correlation's sum at X for output
-// channel s k + phase, the runtime passing the phases' sub-kernels merged into one kernel of
-// s C channels (runtime/conv.cpp). The phases' stores then interleave into dense vectors,
-// where a call per phase stored each phase's pixels one by one. Returns `sum` (an expression
-// in p's x, y, k, n) read at that place for output (x, y, k, n).
-inline Expr interleave_column_phases(schedules::ConvPipeline &p, const Expr &sum, const Expr &phases) {
+// Backward-data of a stride-s layer computes the s x s phases of dA in one call (s = 1: the
+// plain correlation): output pixel (s X + px, s Y + py) is the correlation's sum at (X, Y)
+// for output channel s (s k + py) + px, the runtime passing the phases' sub-kernels merged
+// into one kernel of s s C channels (runtime/conv.cpp). The column phases' stores then
+// interleave into dense vectors, where a call per phase stored each phase's pixels one by one.
+// Returns `sum` (an expression in p's x, y, k, n) read at that place for output (x, y, k, n).
+inline Expr interleave_phases(schedules::ConvPipeline &p, const Expr &sum, const Expr &phases) {
     Func phase_sum("phase_sum");
     phase_sum(p.x, p.y, p.k, p.n) = sum;
-    p.x_phases = phases;
-    return phase_sum(p.x / phases, p.y, phases * p.k + p.x % phases, p.n);
+    p.phases = phases;
+    return phase_sum(p.x / phases, p.y / phases, phases * (phases * p.k + p.y % phases) + p.x % phases, p.n);
 }
 
 // Lifts the unit-stride constraint Halide puts on a buffer's x axis, for the buffers the

@@ -293,12 +293,15 @@ Buffer<const T> strided_view(const T *data, const Shape &full, const Shape &out_
 // Backward-data at stride s > 1: the pixels s Y + py, s X + px of phase (px, py) of dA are fed
 // only by the taps kx = (px + p) mod s + s t (and likewise in y), which read
 // E(X + (px + p) / s - t): a stride-1 backward-data of a sub-kernel. No multiply meets the
-// zeros of a dilated E. Each row phase py is one kernel call into rows py, py + s, ... of dA;
-// within it the kernel interleaves the s column phases (x_phases), from one kernel of s C
-// output channels, channel s c + px holding phase px's sub-kernel over the columns all the
-// phases read (zeros where a phase has fewer taps: a 3x3 layer's phases have 1 and 2).
-// Session 8, against a call per phase storing its pixels one by one into a strided view of dA
-// (~30% of its time): stride-2 3x3 layers +7-9% integer, +3-34% float32.
+// zeros of a dilated E. All s x s phases are one kernel call (`phases` = s), from one kernel
+// of s s C output channels, channel s (s c + py) + px holding phase (px, py)'s sub-kernel over
+// the window of E all the phases read (zeros where a phase has fewer taps: a 3x3 layer's
+// phases have 1x1 to 2x2 taps, merged 2x2); the kernel stores each phase's result at its
+// pixels, the column phases interleaved into dense vectors. Session 8, against a call per
+// phase storing its pixels one by one into a strided view of dA (those stores ~30% of its
+// time), 3 and 4 alternating runs, paired medians: 16->32 s2 +61-67% integer, +70% float32;
+// 32->64 s2 +18-34%, +5-12%. (Merging only the column phases, one call per row phase, gave
+// +7-9%: its row phases' short windows cost more than the merged kernel's zero taps.)
 
 // Taps of one phase along one axis: it reads E(X + first - t) through W(k0 + s t), t < taps.
 struct PhaseTaps {
@@ -310,58 +313,58 @@ PhaseTaps phase_taps(int64_t phase, int64_t K, const ConvGeometry &g) {
     return {k0, k0 < K ? (K - k0 + s - 1) / s : 0, (phase + g.pad) / s};
 }
 
-// The merged kernel of row phase py, (O, s C, taps_y, width) with width = columns of E
-// read: channel s c + px, column u reads E(X + pad_x - u) (the kernels' stride-1 backward-data
-// with pad pad_x). Empty (width 0) where no tap reaches the row phase.
+// The window of E that the phases read along one axis: offsets first - u for u < width,
+// first being the largest offset any phase reads (the kernels' stride-1 padding).
+struct MergedWindow {
+    int64_t first = 0, width = 0;
+};
+
+MergedWindow merged_window(const std::vector<PhaseTaps> &phases) {
+    int64_t first = INT64_MIN, last = INT64_MAX;
+    for (const PhaseTaps &t : phases) {
+        if (t.taps == 0) continue;
+        first = std::max(first, t.first);
+        last = std::min(last, t.first - t.taps + 1);
+    }
+    return first == INT64_MIN ? MergedWindow{} : MergedWindow{first, first - last + 1};
+}
+
+// The s x s phases' sub-kernels merged into one kernel (O, s s C, width, width) over the window
+// of E they all read: output channel s (s c + py) + px holds phase (px, py) of channel c, zeros
+// where a phase has fewer taps.
 template <class T>
 struct MergedPhases {
     std::vector<T> weights;
     Shape shape;
-    int pad_x = 0, pad_y = 0;
+    int pad = 0;
 };
 
 template <class T>
-MergedPhases<T> merge_column_phases(const T *w, const Shape &w_shape, int64_t py, const ConvGeometry &g) {
+MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometry &g) {
     const int64_t O = w_shape[0], C = w_shape[1], K = w_shape[2], s = g.stride;
-    const PhaseTaps row = phase_taps(py, K, g);
-    std::vector<PhaseTaps> columns;
-    int64_t first = INT64_MIN, last = INT64_MAX;  // the offsets first - t read, over the phases
-    for (int64_t px = 0; px < s; px++) {
-        columns.push_back(phase_taps(px, K, g));
-        const PhaseTaps &c = columns.back();
-        if (c.taps == 0) continue;
-        first = std::max(first, c.first);
-        last = std::min(last, c.first - c.taps + 1);
-    }
+    std::vector<PhaseTaps> axis;
+    for (int64_t phase = 0; phase < s; phase++) axis.push_back(phase_taps(phase, K, g));
+    const MergedWindow window = merged_window(axis);
+    const int64_t width = window.width;
     MergedPhases<T> merged;
-    if (row.taps == 0 || first == INT64_MIN) return merged;
-    const int64_t width = first - last + 1;
-    merged.shape = {O, s * C, row.taps, width};
-    merged.pad_x = int(first);
-    merged.pad_y = int(row.first);
+    merged.shape = {O, s * s * C, width, width};
+    merged.pad = int(window.first);
     merged.weights.assign(size_t(shape_numel(merged.shape)), T(0));
+    // Tap t of a phase reads E(X + first_phase - t): window position window.first - that.
+    auto at = [&](const PhaseTaps &taps, int64_t t) { return window.first - (taps.first - t); };
     for (int64_t o = 0; o < O; o++)
         for (int64_t c = 0; c < C; c++)
-            for (int64_t px = 0; px < s; px++)
-                for (int64_t ty = 0; ty < row.taps; ty++)
-                    for (int64_t t = 0; t < columns[size_t(px)].taps; t++) {
-                        // Column u reads E(X + first - u); tap t of phase px reads E(X + first_px - t).
-                        const int64_t u = first - (columns[size_t(px)].first - t);
-                        const int64_t ky = row.k0 + s * ty, kx = columns[size_t(px)].k0 + s * t;
-                        merged.weights[size_t(((o * s * C + s * c + px) * row.taps + ty) * width + u)] =
-                            w[((o * C + c) * K + ky) * K + kx];
-                    }
+            for (int64_t py = 0; py < s; py++)
+                for (int64_t px = 0; px < s; px++) {
+                    const PhaseTaps &rows = axis[size_t(py)], &columns = axis[size_t(px)];
+                    T *kernel = merged.weights.data() + ((o * s * s * C + s * (s * c + py) + px) * width * width);
+                    for (int64_t ty = 0; ty < rows.taps; ty++)
+                        for (int64_t tx = 0; tx < columns.taps; tx++) {
+                            const int64_t ky = rows.k0 + s * ty, kx = columns.k0 + s * tx;
+                            kernel[at(rows, ty) * width + at(columns, tx)] = w[((o * C + c) * K + ky) * K + kx];
+                        }
+                }
     return merged;
-}
-
-// Rows py, py + s, ... of `out` (N, C, H, W) as the kernels' (x, y, c, n) output.
-Buffer<float> row_phase_view(Tensor &out, int64_t py, int64_t s) {
-    const Shape &f = out.shape();
-    halide_dimension_t dims[4] = {{0, int(f[3]), 1},
-                                  {0, int((f[2] - py + s - 1) / s), int(s * f[3])},
-                                  {0, int(f[1]), int(f[2] * f[3])},
-                                  {0, int(f[0]), int(f[1] * f[2] * f[3])}};
-    return Buffer<float>(out.data() + py * f[3], 4, dims);
 }
 
 // The pixels (s Y, s X) of `out` (N, C, H, W) as a kernel's (x, y, c, n) output: a strided view.
@@ -374,12 +377,11 @@ Buffer<float> every_stride_th_pixel(Tensor &out, int64_t s) {
     return Buffer<float>(out.data(), 4, dims);
 }
 
-// Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, x_phases,
-// pad_x, pad_y, output)`: directly at stride 1, one call per row phase otherwise. Rows that no
-// tap reaches are zero. A 1x1 strided layer reaches only the pixels (s Y, s X): zeros, then one
-// call storing into a strided view of those (pair and float32 kernels only; merged phases
-// would multiply the other column phase's zero weights, and a dense call spread out after
-// was 1.3-1.4x slower, session 8).
+// Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, phases,
+// pad_x, pad_y, output)`: one call, on the merged phases at stride 2. A 1x1 strided layer
+// reaches only the pixels (s Y, s X): zeros, then one call storing into a strided view of
+// those (pair and float32 kernels only; merged phases would multiply three phases' zero
+// weights, and a dense call spread out after was 1.3-1.4x slower, session 8).
 template <class T, class Pass>
 void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out, Pass pass) {
     if (g.stride == 1) {
@@ -391,18 +393,8 @@ void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvG
         pass(weights, w_shape, 1, 0, 0, every_stride_th_pixel(out, g.stride));
         return;
     }
-    const Shape &f = out.shape();
-    for (int64_t py = 0; py < g.stride && py < f[2]; py++) {
-        const MergedPhases<T> merged = merge_column_phases(weights, w_shape, py, g);
-        if (merged.weights.empty()) {
-            for (int64_t plane = 0; plane < f[0] * f[1]; plane++)
-                for (int64_t y = py; y < f[2]; y += g.stride)
-                    std::fill_n(out.data() + (plane * f[2] + y) * f[3], f[3], 0.0f);
-            continue;
-        }
-        pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad_x, merged.pad_y,
-             row_phase_view(out, py, g.stride));
-    }
+    const MergedPhases<T> merged = merge_phases(weights, w_shape, g);
+    pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, nchw(out.data(), out.shape()));
 }
 
 }  // namespace

@@ -63,7 +63,7 @@ struct ConvParams {
 //                                                * packed_weights(j, kx, ky, c, k)
 // packed_input(j, m, phase, row, c, n) holds the padded operand's column m s + phase: its
 // columns split into s phases, so that the columns x s + kx of a vector of outputs are
-// adjacent (backward-data always runs at s = 1: see x_phases).
+// adjacent (backward-data always runs at s = 1: see `phases`).
 //   group 1: float32 operands;  group 2: int16 pairs (pmaddwd, vpdpwssd);
 //   group 4: int8 inputs times weights offset by +128 to uint8 (vpdpbusd, which multiplies
 //            unsigned by signed bytes); the offset adds 128 * (window sum of the inputs),
@@ -103,12 +103,13 @@ struct ConvPipeline {
     Halide::RDom reduction;              // (j, kx, ky, channel group); narrow sums: (i, kx, ky, c)
     Halide::RDom over_channels, window;  // of channel_total and correction
     Halide::Expr stride, kernel, kernel_y;
-    // backward-data: the column phases its output interleaves (its layer's stride s: output
-    // column s X + phase is the accumulator's (X, channel s k + phase)); undefined for the
-    // other passes. With stride, kernel and kernel_y, what the schedules specialize on.
-    Halide::Expr x_phases;
+    // backward-data: the phases its output interleaves per axis (its layer's stride s: output
+    // pixel (s X + px, s Y + py) is the accumulator's (X, Y, channel s (s k + py) + px));
+    // undefined for the other passes. With stride, kernel and kernel_y, what the schedules
+    // specialize on.
+    Halide::Expr phases;
     // backward-data's pair and float32 kernels: the output's x stride, which may be > 1 at
-    // x_phases 1 (a view of the pixels a 1x1 strided layer reaches); undefined where the
+    // phases 1 (a view of the pixels a 1x1 strided layer reaches); undefined where the
     // output is always dense.
     Halide::Expr output_stride_x;
     // forward: the input's x stride, which may be > 1 (a 1x1 stride-s layer runs at stride 1

@@ -198,36 +198,39 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
 
     // The output tile, (v tile_x positions) x (tile_y rows) x (tile_k channels) of the
-    // accumulator; backward-data of a strided layer (x_phases s) stores the s column phases of
-    // each position side by side, phases innermost (unrolled), so their strided stores merge
-    // into dense interleaved vectors (Halide's store interleaving), over tile_k / s channels.
+    // accumulator; backward-data of a strided layer (`phases` s) stores the s x s phases of
+    // each position, over tile_k / s^2 channels: the column phases innermost (unrolled), so
+    // their strided stores merge into dense interleaved vectors (Halide's store
+    // interleaving), then the row phases (unrolled, rows of their own).
     auto tile_output = [&](Stage out, int phases) {
-        Var x = p.x, column("column"), phase("phase");
+        Var x = p.x, y = p.y, column("column"), phase("phase"), row("row"), row_phase("row_phase");
         if (phases > 1) {
-            out.split(p.x, column, phase, phases, TailStrategy::GuardWithIf);
+            out.split(p.x, column, phase, phases, TailStrategy::GuardWithIf)
+                .split(p.y, row, row_phase, phases, TailStrategy::GuardWithIf);
             x = column;
+            y = row;
         }
         out.split(x, xo, xi, v * tile_x, TailStrategy::GuardWithIf)
-            .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
-            .split(p.k, ko, ki, std::max(1, tile_k / phases), TailStrategy::GuardWithIf);
+            .split(y, yo, yi, tile_y, TailStrategy::GuardWithIf)
+            .split(p.k, ko, ki, std::max(1, tile_k / (phases * phases)), TailStrategy::GuardWithIf);
         if (phases > 1) {
-            out.reorder(xi, phase, ki, yi, xo, yo, ko, p.n).unroll(phase);
+            out.reorder(xi, phase, ki, row_phase, yi, xo, yo, ko, p.n).unroll(phase).unroll(row_phase);
         } else {
             out.reorder(xi, ki, yi, xo, yo, ko, p.n);
         }
         out.vectorize(xi, v).unroll(ki).unroll(yi).fuse(ko, p.n, task).parallel(task);
     };
-    if (p.x_phases.defined()) {
+    if (p.phases.defined()) {
         // Each specialization copies the schedule as it stands: two phases first (a dense
         // output, which the interleaved stores need), then the plain tile for one phase, dense
         // or, where the output may be a strided view (1x1 strided layers), storing lane by
         // lane; no code for other cases (the runtime never passes them).
         const Expr dense = p.output_stride_x.defined() ? p.output_stride_x == 1 : Internal::const_true();
-        tile_output(p.output.specialize(p.x_phases == 2 && dense), 2);
+        tile_output(p.output.specialize(p.phases == 2 && dense), 2);
         tile_output(p.output, 1);
-        p.output.specialize(p.x_phases == 1 && dense);
-        if (p.output_stride_x.defined()) p.output.specialize(p.x_phases == 1);
-        p.output.specialize_fail("x_phases must be 1 or 2 (2 only into a dense output)");
+        p.output.specialize(p.phases == 1 && dense);
+        if (p.output_stride_x.defined()) p.output.specialize(p.phases == 1);
+        p.output.specialize_fail("phases must be 1 or 2 (2 only into a dense output)");
     } else {
         tile_output(p.output, 1);
     }
@@ -256,11 +259,11 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     // tap's column phase, ConvPipeline). Each specialization inherits the schedule above.
     const int window_unroll = params.window_unroll;
     if (p.stride.as<Internal::IntImm>()) {
-        // 3x3 windows; backward-data's merged phase sub-kernels of a 3x3 stride-2 layer
-        // (runtime/conv.cpp), 2 columns by 2 or 1 rows, and its 1x1 windows (whose generic
-        // loop over a one-tap window cost 1x1 stride-2 layers 20-40%, session 8).
+        // 3x3 windows; backward-data's merged phase sub-kernel of a 3x3 stride-2 layer
+        // (runtime/conv.cpp), 2x2, and its 1x1 windows (whose generic loop over a one-tap
+        // window cost 1x1 stride-2 layers 20-40%, session 8).
         std::vector<std::pair<int, int>> windows = {{3, 3}};
-        if (p.x_phases.defined()) windows.insert(windows.end(), {{2, 2}, {2, 1}, {1, 1}});
+        if (p.phases.defined()) windows.insert(windows.end(), {{2, 2}, {1, 1}});
         for (const auto &[wx, wy] : windows) {
             Stage window = update.specialize(p.kernel == wx).specialize(p.kernel_y == wy);
             if (window_unroll >= 1) window.unroll(r[1]);

@@ -142,17 +142,17 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
     if (best_isa() != Isa::avx512_vnni) ASSERT_TRUE(kernels::conv_backward_data_narrow.last_isa().has_value());
 }
 
-// Stride-2 backward-data interleaves its two column phases in the kernels' vector loops
-// (runtime/conv.cpp, interleave_column_phases). The shapes above are narrower than a vector of
-// either phase; these rows hold several (33 and 34 columns: an odd width ends on phase 0),
-// against the float64 reference through each kernel that runs them: narrow sums (4 bits),
-// int16 pairs (8 bits, whose products are too wide for int16 sums; or the 4-term kernel on
-// VNNI) and float32.
-TEST(IntegerConv, StridedBackwardDataInterleavesColumnPhases) {
+// Stride-2 backward-data computes its four phases in one call, the column phases interleaved
+// in the kernels' vector loops (runtime/conv.cpp, interleave_phases). The shapes above are
+// narrower than a vector of either column phase; these rows hold several (33 and 34 columns,
+// 13 and 12 rows: odd sizes end on phase 0), against the float64 reference through each
+// kernel that runs them: narrow sums (4 bits), int16 pairs (8 bits, whose products are too
+// wide for int16 sums; or the 4-term kernel on VNNI) and float32.
+TEST(IntegerConv, StridedBackwardDataInterleavesPhases) {
     uint32_t seed = 90;
     for (int64_t K : {3, 5}) {
         for (int64_t W : {33, 34}) {
-            const ConvShape s{2, 5, 12, W, 7, K, 2, K / 2};
+            const ConvShape s{2, 5, W - 20, W, 7, K, 2, K / 2};
             const ConvGeometry g{2, int(K / 2)};
             const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, K, K};
             const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
@@ -471,9 +471,9 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 kernels::conv_forward(nchw(a.data(), a_shape), nchw(w.data(), w_shape), s2b, s5b, channel_shifts,
                                       stride, int(K / 2), y2b);
                 EXPECT_EQ(0, std::memcmp(y4.data(), y2.data(), size_t(y4.numel()) * sizeof(float))) << "forward";
-                // Backward-data at stride 2 interleaves two column phases, from weights of
-                // 2 C channels (phase ph of channel c is channel 2 c + ph).
-                const Shape wd_shape = {5, stride * C, K, K};
+                // Backward-data at stride 2 interleaves four phases, from weights of 4 C
+                // channels (phase (px, py) of channel c is channel 2 (2 c + py) + px).
+                const Shape wd_shape = {5, stride * stride * C, K, K};
                 const std::vector<int8_t> wd = random_q(wd_shape);
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);

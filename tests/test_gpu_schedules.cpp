@@ -159,8 +159,8 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
             Tensor d = Tensor::uninitialized(a_shape), cpu = Tensor::uninitialized(a_shape);
             Buffer<float> db = nchw(d.data(), a_shape), cb = nchw(cpu.data(), a_shape);
             std::vector<uint8_t> shifts = {0, 3, 1, 7};  // per output channel of the layer
-            // At stride 2 the kernel interleaves two column phases, from weights of 2 C channels.
-            const Shape wd_shape = {4, stride * 5, 3, 3};
+            // At stride 2 the kernel interleaves four phases, from weights of 4 C channels.
+            const Shape wd_shape = {4, stride * stride * 5, 3, 3};
             const QuantizedTensor wd = quantize(random_tensor(wd_shape, 8), parse_format("m3e0/g3/channel"),
                                                 Rounding::nearest, 0, 0, 0, TensorRole::weight);
             Buffer<const int8_t> wdb = nchw(wd.values.data(), wd_shape);
@@ -200,9 +200,9 @@ TEST_F(GpuSchedules, FloatConvolutionsMatchCpu) {
             EXPECT_NEAR(gpu[k], cpu[k], 1e-5f * (1 + std::fabs(cpu[k]))) << what << " element " << k;
         }
     };
-    // Backward-data at stride 2 interleaves two column phases, from weights of 2 C channels
+    // Backward-data at stride 2 interleaves four phases, from weights of 4 C channels
     // (runtime/conv.cpp builds them from the layer's): compared with the CPU kernel.
-    const Shape wd_shape = {4, 6, 3, 3};
+    const Shape wd_shape = {4, 12, 3, 3};
     const Tensor wd = random_tensor(wd_shape, 8);
     Tensor y = Tensor::uninitialized(y_shape), da = Tensor::uninitialized(a_shape), dw = Tensor::uninitialized(w_shape);
     Tensor da_cpu = Tensor::uninitialized(a_shape);
