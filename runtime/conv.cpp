@@ -556,8 +556,8 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
             backward_data_by_phases(
                 w.values, weights.shape, g, out,
                 [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o) {
-                    // A 1x1 window (1x1 layers, a phase of a strided 3x3) has too few products
-                    // per position to repay the offset's correction (measured: 10-15% slower).
+                    // A 1x1 window (1x1 layers) has too few products per position to repay
+                    // the offset's correction (measured: 10-15% slower).
                     const int64_t taps = ws[2] * ws[3];
                     const int chunk =
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;

@@ -557,8 +557,8 @@ TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
 // Backward-data's narrow sums (weights shifted, offset to uint8; int16 sums over chunks of 4
 // output channels; the offset's window sums subtracted) against the int16-pair kernel with
 // the same shifts: identical outputs for every chunk (a partial last one, chunks past the
-// channel count), every window the runtime runs (3x3, 5x5 and the stride-2 phase sub-kernels
-// 2x2, 2x1, 1x2, 1x1) at every padding border, and two offsets (the smallest, and a larger one).
+// channel count), windows square and rectangular (3x3, 5x5, the stride-2 layers' merged 2x2,
+// 2x1, 1x2, 1x1) at every padding border, and two offsets (the smallest, and a larger one).
 TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
     std::mt19937 rng(80);
     const int64_t O = 19, C = 6;  // 5 groups of 4 output channels, the last one partial
