@@ -48,12 +48,13 @@ namespace lowbit::schedules {
 
 // Knobs of the convolution kernels.
 struct ConvParams {
-    int vector_width = 0;   // lanes of the vectorized output axis; 0 = the target's natural width
-    int tile_x = 1;         // vectors of outputs along x per register tile (forward, backward-data)
-    int tile_y = 1;         // rows of outputs per register tile (forward, backward-data)
-    int tile_channels = 4;  // channels per register tile (o in forward, c in the others)
-    int window_unroll = 2;  // 3x3 windows: 0 loops, 1 unrolls kx, 2 unrolls kx and ky (forward, backward-data)
-    int gpu_threads = 64;   // threads per block on GPU targets
+    int vector_width = 0;        // lanes of the vectorized output axis; 0 = the target's natural width
+    int tile_x = 1;              // vectors of outputs along x per register tile (forward, backward-data)
+    int tile_y = 1;              // rows of outputs per register tile (forward, backward-data)
+    int tile_channels = 4;       // channels per register tile (o in forward, c in the others)
+    int window_unroll = 2;       // 3x3 windows: 0 loops, 1 unrolls kx, 2 unrolls kx and ky (forward, backward-data)
+    int task_channel_tiles = 1;  // backward-weight: input-channel tiles a task runs per sample
+    int gpu_threads = 64;        // threads per block on GPU targets
 };
 
 // conv_forward and conv_backward_data: a stride-s correlation of a padded operand with a

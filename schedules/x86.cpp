@@ -325,8 +325,9 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
 // Measured (AVX2, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8, a fast
 // hour): integer on unsigned activations (narrow sums) 44-99 G MAC/s (0.33-0.60 of the
 // vpmaddubsw peak measured in the same run, 1.1-5.3x PyTorch float32), float32 12-38.
-// Weight gradients: each thread takes (o tile, c tile) pairs and runs over all samples; per
-// sample and kernel offset, a register tile of (tile_x vectors of output channels) x
+// Weight gradients: each thread takes (o tile, task_channel_tiles c tiles) tasks and runs
+// over all samples, each sample's c tiles in turn (so its error slice, loaded once, serves
+// them all); per sample and kernel offset, a register tile of (tile_x vectors of output channels) x
 // (tile_channels inputs) accumulates over the output positions, pairs of x reduced by
 // pmaddwd, then is added to the double total with the sample's scales.
 void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target &target) {
@@ -341,14 +342,16 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     // along (dense vector loads and stores, not gathers and scattered scalars); output
     // transposes it once.
     p.total.compute_root().reorder_storage(p.o, p.c, p.kx, p.ky);
+    Var channel_block("channel_block"), channel_tile("channel_tile");
     p.total.update()
         .split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
         .split(p.c, co, ci, tile_c, TailStrategy::GuardWithIf)
-        .reorder(oi, ci, p.kx, p.ky, p.samples.x, co, oo)
+        .split(co, channel_block, channel_tile, std::max(1, params.task_channel_tiles), TailStrategy::GuardWithIf)
+        .reorder(oi, ci, p.kx, p.ky, channel_tile, p.samples.x, channel_block, oo)
         .vectorize(oi, v)
         .unroll(oi)
         .unroll(ci)
-        .fuse(co, oo, task)
+        .fuse(channel_block, oo, task)
         .parallel(task);
 
     // The register tile: tile_x vectors of output channels x tile_channels inputs, so each
