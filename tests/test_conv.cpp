@@ -147,16 +147,18 @@ TEST(IntegerConv, EveryKernelSizeAndStrideAgainstFloat64Reference) {
 // narrower than a vector of either column phase; these rows hold several (33 and 34 columns,
 // 13 and 12 rows: odd sizes end on phase 0), against the float64 reference through each
 // kernel that runs them: narrow sums (4 bits), int16 pairs (8 bits, whose products are too
-// wide for int16 sums; or the 4-term kernel on VNNI) and float32.
+// wide for int16 sums; or the 4-term kernel on VNNI) and float32. Paddings other than K / 2
+// (none, K - 1) shift the phases' windows against each other.
 TEST(IntegerConv, StridedBackwardDataInterleavesPhases) {
     uint32_t seed = 90;
     for (int64_t K : {3, 5}) {
         for (int64_t W : {33, 34}) {
-            const ConvShape s{2, 5, W - 20, W, 7, K, 2, K / 2};
-            const ConvGeometry g{2, int(K / 2)};
+            const int64_t pad = W == 33 ? K / 2 : (K == 3 ? 0 : K - 1);
+            const ConvShape s{2, 5, W - 20, W, 7, K, 2, pad};
+            const ConvGeometry g{2, int(pad)};
             const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, K, K};
             const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
-            SCOPED_TRACE("K" + std::to_string(K) + " W" + std::to_string(W));
+            SCOPED_TRACE("K" + std::to_string(K) + " W" + std::to_string(W) + " pad" + std::to_string(pad));
             const Tensor w = random_tensor(w_shape, seed++), e = random_tensor(e_shape, seed++);
             const auto wv = as_double(w), ev = as_double(e);
             expect_close(conv_backward_data(e, w, a_shape, g), reference::conv_backward_data(s, ev, wv),
