@@ -67,7 +67,7 @@ public:
         const Expr o = channel_in_group(group, j, g);
         // E shifted by K - 1 - pad (of the comment above).
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, 1, 1,
+                            kernel_y - 1 - pad_y, 1,
                             [&](Expr ix, Expr iy) { return pack_integer_input(e(ix, iy, o, n), g); });
         Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
         if (g == 2) {
@@ -125,7 +125,7 @@ public:
         Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
         const Expr o = channel_in_group(group, j, 4);
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, 1, 1, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return e(ix, iy, o, n); });
         // A channel past the last o has weight `offset` here, but its errors are zero.
         Expr shifted = cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o));
         p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
@@ -161,7 +161,7 @@ public:
         p.group = 1;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
-                            kernel_y - 1 - pad_y, 1, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
+                            kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
         output(x, y, k, n) =
             interleave_phases(p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), phases);

@@ -34,7 +34,7 @@ inline int dot_width(const Target &target, int requested) {
 }
 
 // Defines p.packed_input(j, m, phase, y, channel_group, n) as zeros, then value(ix, iy) (using
-// p's j, channel_group and n) written at column offset_x + step ix, row offset_y + step iy, for
+// p's j, channel_group and n) written at column offset_x + ix, row offset_y + iy, for
 // (ix, iy) over the source's width x height: the zero-padded, packed operand, in two
 // definitions that both vectorize to dense loads and stores (see ConvPipeline::interior).
 // Columns are split into `stride` phases, the stride of the correlation that reads it: column
@@ -44,10 +44,10 @@ inline int dot_width(const Target &target, int requested) {
 // the stride and the placement in p (define_correlation, define_offset_correction).
 template <class Value>
 void define_padded_input(schedules::ConvPipeline &p, const Expr &width, const Expr &height, const Expr &offset_x,
-                         const Expr &offset_y, const Expr &step, const Expr &stride, Value value) {
+                         const Expr &offset_y, const Expr &stride, Value value) {
     p.interior = RDom({{0, width}, {0, height}}, "interior");
-    p.placed_x = offset_x + step * p.interior.x;
-    p.placed_y = offset_y + step * p.interior.y;
+    p.placed_x = offset_x + p.interior.x;
+    p.placed_y = offset_y + p.interior.y;
     p.stride = stride;
     const Expr written = value(p.interior.x, p.interior.y);
     p.packed_input(p.j, p.x, p.phase, p.y, p.channel_group, p.n) = cast(written.type(), 0);

@@ -52,7 +52,7 @@ public:
         Func a = channel_bounded(input, input.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
         const Expr c = channel_in_group(group, j, g);
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, stride,
                             [&](Expr ix, Expr iy) { return pack_integer_input(a(ix, iy, c, n), g); });
         Expr weight = pack_integer_weight(w(x, y, c, k), g);
         if (g == 2) {
@@ -103,7 +103,7 @@ public:
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
         Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
         const Expr c = channel_in_group(group, j, 4);
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, stride,
                             [&](Expr ix, Expr iy) { return cast<uint8_t>(a(ix, iy, c, n)); });
         p.packed_weights(j, x, y, group, k) = cast<int8_t>(cast<int16_t>(w(x, y, c, k)) << cast<int16_t>(shift(c)));
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
@@ -138,7 +138,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, c = p.channel_group;
         p.group = 1;
-        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, 1, stride,
+        define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, stride,
                             [&](Expr ix, Expr iy) { return input(ix, iy, c, n); });
         p.packed_weights(j, x, y, c, k) = weights(x, y, c, k);
         output(x, y, k, n) =

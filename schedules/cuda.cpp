@@ -64,7 +64,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params) {
         }
         p.channel_sum.update()
             .reorder(p.interior.x, p.interior.y, p.n)
-            .allow_race_conditions()  // distinct places for any step >= 1
+            .allow_race_conditions()  // distinct places for any stride >= 1
             .gpu_blocks(p.n)
             .gpu_threads(p.interior.x);
     }

@@ -288,7 +288,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .vectorize(p.x, v, TailStrategy::RoundUp)
         .parallel(p.n);
     Stage interior = p.packed_input.update();
-    // The lanes store to distinct places for any step >= 1 (the runtime checks the stride),
+    // The lanes store to distinct places for any stride >= 1 (the runtime checks it),
     // which Halide cannot prove for forward's symbolic column phases: hence
     // allow_race_conditions.
     interior.reorder(p.j, p.interior.x, p.interior.y, p.channel_group, p.n)
@@ -312,7 +312,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
             .parallel(p.n);
         p.channel_sum.update()
             .reorder(p.interior.x, p.interior.y, p.n)
-            .allow_race_conditions()  // distinct places for any step >= 1, as packed_input's
+            .allow_race_conditions()  // distinct places for any stride >= 1, as packed_input's
             .vectorize(p.interior.x, v, TailStrategy::GuardWithIf)
             .parallel(p.n);
         p.correction.update()
