@@ -280,14 +280,15 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
 // of the pixels it reaches: backward_data_by_phases.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
-// (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s), as a kernel input.
+// (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s): a kernel's input (T const),
+// or the output of a 1x1 strided layer's backward-data.
 template <class T>
-Buffer<const T> strided_view(const T *data, const Shape &full, const Shape &out_shape, int stride) {
+Buffer<T> strided_view(T *data, const Shape &full, const Shape &out_shape, int stride) {
     halide_dimension_t dims[4] = {{0, int(out_shape[3]), stride},
                                   {0, int(out_shape[2]), int(stride * full[3])},
                                   {0, int(full[1]), int(full[2] * full[3])},
                                   {0, int(full[0]), int(full[1] * full[2] * full[3])}};
-    return Buffer<const T>(data, 4, dims);
+    return Buffer<T>(data, 4, dims);
 }
 
 // Backward-data at stride s > 1: the pixels s Y + py, s X + px of phase (px, py) of dA are fed
@@ -367,16 +368,6 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
     return merged;
 }
 
-// The pixels (s Y, s X) of `out` (N, C, H, W) as a kernel's (x, y, c, n) output: a strided view.
-Buffer<float> every_stride_th_pixel(Tensor &out, int64_t s) {
-    const Shape &f = out.shape();
-    halide_dimension_t dims[4] = {{0, int((f[3] - 1) / s + 1), int(s)},
-                                  {0, int((f[2] - 1) / s + 1), int(s * f[3])},
-                                  {0, int(f[1]), int(f[2] * f[3])},
-                                  {0, int(f[0]), int(f[1] * f[2] * f[3])}};
-    return Buffer<float>(out.data(), 4, dims);
-}
-
 // Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, phases,
 // pad_x, pad_y, output)`: one call, on the merged phases at stride 2. A 1x1 strided layer
 // reaches only the pixels (s Y, s X): zeros, then one call storing into a strided view of
@@ -389,8 +380,10 @@ void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvG
         return;
     }
     if (strided_pointwise(w_shape, g)) {
+        const Shape &f = out.shape();
+        const Shape reached = {f[0], f[1], (f[2] - 1) / g.stride + 1, (f[3] - 1) / g.stride + 1};
         std::fill(out.data(), out.data() + out.numel(), 0.0f);
-        pass(weights, w_shape, 1, 0, 0, every_stride_th_pixel(out, g.stride));
+        pass(weights, w_shape, 1, 0, 0, strided_view(out.data(), f, reached, g.stride));
         return;
     }
     const MergedPhases<T> merged = merge_phases(weights, w_shape, g);
