@@ -307,7 +307,10 @@ public:
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
-        p.specializations = {stochastic, !stochastic && exponent_steps == 0, !stochastic};
+        // Stochastic activations other than m1e2 skip its short way (quantized_value); m1e2
+        // ones, an odd choice, take the unspecialized loop, which computes both.
+        const Expr m1e2 = is_m1e2(mantissa_max, exponent_steps, shift_bits);
+        p.specializations = {stochastic && !m1e2, !stochastic && exponent_steps == 0, !stochastic};
         input.set_estimates(kViewEstimate);
         scale.set_estimates(kChannelEstimate);
         shift.set_estimates(kChannelEstimate);

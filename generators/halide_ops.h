@@ -31,6 +31,12 @@ struct HalideOps {
         Halide::Expr bits = Halide::reinterpret<uint64_t>(v);
         return Halide::cast<int>((bits >> 52) & 0x7ff) - 1023;
     }
+    // v with its fraction bits cleared: 2^floor(log2(v)) for finite v > 0 (normal).
+    static Halide::Expr clear_fraction(const Halide::Expr &v) {
+        return Halide::reinterpret<double>(
+            Halide::reinterpret<uint64_t>(v) &
+            Halide::Internal::make_const(Halide::UInt(64), uint64_t(0xfff0000000000000ull)));
+    }
     static Halide::Expr u32(uint32_t v) { return Halide::Expr(v); }
     // The format is a runtime value: test every grid top an int8 format can have.
     static int step_bound(const Halide::Expr &) { return kMaxExponentSteps; }

@@ -12,6 +12,11 @@ namespace lowbit::quantize_generators {
 
 using namespace Halide;
 
+// The default error format m1e2 (M = 1, E = 2, D = 1), which has a rounding loop of its own.
+inline Expr is_m1e2(const Expr &mantissa_max, const Expr &exponent_steps, const Expr &shift) {
+    return mantissa_max == 1 && exponent_steps == 3 && shift == 1;
+}
+
 // Element values q, by nearest or stochastic rounding to the format's representable set.
 // The format arrives as runtime values (no library per format); the runtime checks it.
 struct FormatInputs {
@@ -26,7 +31,11 @@ inline Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr 
     Expr a = abs(u);
     Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
     Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
-    Expr stochastic_value = lowbit::round_magnitude_stochastic<HalideOps>(a, format, random);
+    // The m1e2 loop (value_specializations) takes the short way; every other format walks
+    // the grids. Where the format is not known to be m1e2, the select keeps both.
+    Expr stochastic_value = select(is_m1e2(f.mantissa_max, f.exponent_steps, f.shift),
+                                   lowbit::round_m1e2_magnitude_stochastic<HalideOps>(a, random),
+                                   lowbit::round_magnitude_stochastic<HalideOps>(a, format, random));
     Expr magnitude = cast<int>(select(stochastic, stochastic_value, nearest));
     // IEEE semantics throughout: the result must not depend on the target's FMA or
     // reassociation, so that every compiled variant gives identical values.
@@ -41,14 +50,14 @@ inline Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &
 
 // The cases of quantized_value worth their own loops (a generator's Inputs, see
 // LOWBIT_QUANTIZE_VALUE_INPUTS), first match first. Fixed point (E = 0) has a uniform grid:
-// no exponent-grid tests. The default error format, m1e2 rounded stochastically, gets its
-// grid as constants (tops 1, 2, 4; steps 1 to 8): its masks and selects fold, 20-25% off
-// quantizing a tensor (bench_quantize, session 7), the most expensive quantization of a
-// default training step.
+// no exponent-grid tests. The default error format, m1e2 rounded stochastically, the most
+// expensive quantization of a default training step, takes its short way
+// (round_m1e2_magnitude_stochastic); the other stochastic formats say they are not m1e2, so
+// that the select between the two ways folds in their loop too.
 template <class Gen>
 std::vector<Expr> value_specializations(const Gen &g) {
-    const Expr m1e2 = g.mantissa_max == 1 && g.exponent_steps == 3 && g.shift_bits == 1;
-    return {g.stochastic && m1e2, g.stochastic && g.exponent_steps == 0, g.stochastic,
+    const Expr m1e2 = is_m1e2(g.mantissa_max, g.exponent_steps, g.shift_bits);
+    return {g.stochastic && m1e2, g.stochastic && g.exponent_steps == 0, g.stochastic && !m1e2,
             !g.stochastic && g.exponent_steps == 0, !g.stochastic};
 }
 

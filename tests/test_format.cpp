@@ -181,6 +181,38 @@ TEST(HostRounding, StochasticGivesOnlyTheNeighbours) {
     }
 }
 
+// m1e2's short way (the default error format's loop) against the neighbours of the reference
+// and method.md's rule in long double, on magnitudes at and beside every grid value, at the
+// draw's thresholds, and at random, with draws at the extremes, at each threshold and at random.
+TEST(HostRounding, M1e2ShortWayMatchesTheRule) {
+    const std::vector<int64_t> set = reference::representable(ref(parse_format("m1e2")));
+    std::mt19937_64 rng(9);
+    std::vector<double> magnitudes = {0.0, 1e-300, 1e-9, 0.5, 3.0, 6.0, 7.999999};
+    for (double grid : {1.0, 2.0, 4.0, 8.0}) {
+        magnitudes.insert(magnitudes.end(), {grid, std::nextafter(grid, 0.0), std::nextafter(grid, 9.0)});
+    }
+    std::uniform_real_distribution<double> uniform(0.0, 8.0), unit(0.0, 1.0);
+    for (int k = 0; k < 20000; k++) magnitudes.insert(magnitudes.end(), {uniform(rng), unit(rng)});
+    for (double a : magnitudes) {
+        if (a > 8.0) continue;
+        int64_t lo, hi;
+        reference::neighbours((long double)a, set, lo, hi);
+        const long double threshold = ((long double)a - lo) * 4294967296.0L;  // exact
+        std::vector<uint32_t> draws = {0u, 1u, 0xffffffffu, uint32_t(rng())};
+        if (hi > lo) {
+            const long double r = std::floor(threshold / (hi - lo));
+            for (long double d : {-1.0L, 0.0L, 1.0L}) {
+                if (r + d >= 0 && r + d <= 4294967295.0L) draws.push_back(uint32_t(r + d));
+            }
+        }
+        for (uint32_t r : draws) {
+            const bool up = (long double)r * (hi - lo) < threshold;
+            ASSERT_EQ(round_m1e2_magnitude_stochastic<ScalarOps>(a, r), double(up ? hi : lo))
+                << "a = " << a << " r = " << r;
+        }
+    }
+}
+
 TEST(HostGroupExponent, MatchesCounting) {
     std::mt19937 rng(3);
     std::uniform_real_distribution<float> mant(1.0f, 2.0f);
