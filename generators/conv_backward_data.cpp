@@ -39,6 +39,8 @@ void set_integer_backward_data_estimates(Gen &gen) {
     gen.phases.set_estimate(1);
     gen.pad_x.set_estimate(1);
     gen.pad_y.set_estimate(1);
+    gen.addend.set_estimates(kActivationEstimate);
+    gen.accumulate.set_estimate(false);
     gen.output.set_estimates(kActivationEstimate);
 }
 
@@ -56,6 +58,8 @@ public:
     // Per axis, and the kernel may be rectangular: a phase's sub-kernel (runtime/conv.cpp).
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
+    Input<Buffer<float, 4>> addend{"addend"};  // (x, y, c, n), added where `accumulate`
+    Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
 
     void generate() {
@@ -78,9 +82,11 @@ public:
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
         sum = interleave_phases(p, sum, phases);
-        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
+        output(x, y, k, n) = strict_float(
+            add_addend(p, cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)), addend, accumulate));
         p.output = output;
-        p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
+        p.output_stride_x = any_x_stride(output);     // the pixels a 1x1 strided layer reaches
+        addend.dim(0).set_stride(p.output_stride_x);  // the same view, where it is the output
 
         set_integer_backward_data_estimates(*this);
     }
@@ -112,7 +118,9 @@ public:
     Input<int> phases{"phases"};                             // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
-    Input<int> chunk{"chunk"};                  // groups of 4 output channels per int16 sum
+    Input<int> chunk{"chunk"};                 // groups of 4 output channels per int16 sum
+    Input<Buffer<float, 4>> addend{"addend"};  // as ConvBackwardData's
+    Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
 
     void generate() {
@@ -132,7 +140,8 @@ public:
         Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk) -
                    define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
         sum = interleave_phases(p, sum, phases);
-        output(x, y, k, n) = strict_float(cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)));
+        output(x, y, k, n) = strict_float(
+            add_addend(p, cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)), addend, accumulate));
         p.output = output;
 
         set_integer_backward_data_estimates(*this);
@@ -154,6 +163,8 @@ public:
     Input<int> phases{"phases"};                 // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
+    Input<Buffer<float, 4>> addend{"addend"};  // as ConvBackwardData's
+    Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
 
     void generate() {
@@ -163,16 +174,20 @@ public:
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
         p.packed_weights(j, x, y, o, k) = weights(kernel_x - 1 - x, kernel_y - 1 - y, k, o);
-        output(x, y, k, n) =
+        Expr sum =
             interleave_phases(p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), phases);
+        output(x, y, k, n) = add_addend(p, sum, addend, accumulate);
         p.output = output;
-        p.output_stride_x = any_x_stride(output);  // the pixels a 1x1 strided layer reaches
+        p.output_stride_x = any_x_stride(output);     // the pixels a 1x1 strided layer reaches
+        addend.dim(0).set_stride(p.output_stride_x);  // the same view, where it is the output
 
         errors.set_estimates(kActivationEstimate);
         weights.set_estimates(kWeightEstimate);
         phases.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);
+        addend.set_estimates(kActivationEstimate);
+        accumulate.set_estimate(false);
         output.set_estimates(kActivationEstimate);
     }
 

@@ -74,6 +74,16 @@ inline Expr interleave_phases(schedules::ConvPipeline &p, const Expr &sum, const
     return phase_sum(p.x / phases, p.y / phases, phases * (phases * p.k + p.y % phases) + p.x % phases, p.n);
 }
 
+// Backward-data's output: `value`, or with `accumulate` value + addend(x, y, k, n), the
+// addend being the gradient already there (usually the output buffer itself: each element is
+// read once, just before it is written). Saves a residual block's separate add pass, and a 1x1
+// strided layer's zero fill of the pixels it does not reach.
+template <class Addend>
+Expr add_addend(schedules::ConvPipeline &p, const Expr &value, const Addend &addend, const Expr &accumulate) {
+    p.accumulate = accumulate;
+    return select(accumulate, value + addend(p.x, p.y, p.k, p.n), value);
+}
+
 // Lifts the unit-stride constraint Halide puts on a buffer's x axis, for the buffers the
 // runtime may pass as strided views (the pixels a 1x1 stride-s layer reads); returns that
 // stride, which the schedules specialize on.

@@ -253,24 +253,33 @@ std::optional<OffsetWeights> offset_weights(const int8_t *w, const Shape &w_shap
     return OffsetWeights{int(-lowest), largest};
 }
 
-// Runs `pass(a_piece, b_piece, out)` for every pair of pieces and adds the results: one pass,
-// written straight to the output, in the common case.
+// Runs `pass(a_piece, b_piece, out, accumulate)` for every pair of pieces and writes their
+// sum to `out`, or adds it (`accumulate`): one pass, straight into the output, in the common
+// case; else the pieces' results summed in double, rounded once, then written or added.
 template <class Pass>
-Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b, const Shape &out_shape, Pass pass) {
-    Tensor out = Tensor::uninitialized(out_shape);
+void sum_over_pieces_into(const std::vector<Piece> &a, const std::vector<Piece> &b, Tensor &out, bool accumulate,
+                          Pass pass) {
     if (a.size() == 1 && b.size() == 1) {
-        pass(a[0], b[0], out);
-        return out;
+        pass(a[0], b[0], out, accumulate);
+        return;
     }
     std::vector<double> total(size_t(out.numel()), 0.0);
-    Tensor part = Tensor::uninitialized(out_shape);
+    Tensor part = Tensor::uninitialized(out.shape());
     for (const Piece &pa : a) {
         for (const Piece &pb : b) {
-            pass(pa, pb, part);
+            pass(pa, pb, part, false);
             for (int64_t k = 0; k < part.numel(); k++) total[size_t(k)] += part[k];
         }
     }
-    for (int64_t k = 0; k < out.numel(); k++) out[k] = float(total[size_t(k)]);
+    for (int64_t k = 0; k < out.numel(); k++)
+        out[k] = accumulate ? out[k] + float(total[size_t(k)]) : float(total[size_t(k)]);
+}
+
+// The same into a new tensor, for passes that never accumulate: `pass(a_piece, b_piece, out)`.
+template <class Pass>
+Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b, const Shape &out_shape, Pass pass) {
+    Tensor out = Tensor::uninitialized(out_shape);
+    sum_over_pieces_into(a, b, out, false, [&](const Piece &pa, const Piece &pb, Tensor &o, bool) { pass(pa, pb, o); });
     return out;
 }
 
@@ -369,25 +378,55 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
 }
 
 // Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, phases,
-// pad_x, pad_y, output)`: one call, on the merged phases at stride 2. A 1x1 strided layer
-// reaches only the pixels (s Y, s X): zeros, then one call storing into a strided view of
-// those (pair and float32 kernels only; merged phases would multiply three phases' zero
-// weights, and a dense call spread out after was 1.3-1.4x slower, session 8).
+// pad_x, pad_y, output, accumulate)`, writing it, or adding to what is there (`accumulate`;
+// the kernels read `output` as their addend): one call, on the merged phases at stride 2. A
+// 1x1 strided layer reaches only the pixels (s Y, s X): one call storing into a strided view
+// of those, after zeros unless it accumulates (pair and float32 kernels only; merged phases
+// would multiply three phases' zero weights, and a dense call spread out after was 1.3-1.4x
+// slower, session 8).
 template <class T, class Pass>
-void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out, Pass pass) {
+void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out,
+                             bool accumulate, Pass pass) {
     if (g.stride == 1) {
-        pass(weights, w_shape, 1, g.pad, g.pad, nchw(out.data(), out.shape()));
+        pass(weights, w_shape, 1, g.pad, g.pad, nchw(out.data(), out.shape()), accumulate);
         return;
     }
     if (strided_pointwise(w_shape, g)) {
         const Shape &f = out.shape();
         const Shape reached = {f[0], f[1], (f[2] - 1) / g.stride + 1, (f[3] - 1) / g.stride + 1};
-        std::fill(out.data(), out.data() + out.numel(), 0.0f);
-        pass(weights, w_shape, 1, 0, 0, strided_view(out.data(), f, reached, g.stride));
+        if (!accumulate) std::fill(out.data(), out.data() + out.numel(), 0.0f);
+        pass(weights, w_shape, 1, 0, 0, strided_view(out.data(), f, reached, g.stride), accumulate);
         return;
     }
     const MergedPhases<T> merged = merge_phases(weights, w_shape, g);
-    pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, nchw(out.data(), out.shape()));
+    pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, nchw(out.data(), out.shape()),
+         accumulate);
+}
+
+// backward-data adds into `into` in place: it must be one dense block.
+void check_contiguous_gradient(const Tensor &into, const char *what) {
+    if (!into.is_contiguous())
+        throw std::invalid_argument(
+            fmt::format("{}: the gradient to add to (shape {}) is not contiguous", what, shape_string(into.shape())));
+}
+
+void check_errors_shape(const Shape &errors, const Shape &input_shape, const Shape &weights, const ConvGeometry &g) {
+    const Shape out_shape = conv_output_shape(input_shape, weights, g);
+    if (errors != out_shape)
+        throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
+                                                shape_string(errors), shape_string(out_shape)));
+}
+
+void backward_data_float(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &out,
+                         bool accumulate) {
+    check_errors_shape(errors.shape(), out.shape(), weights.shape(), g);
+    const Tensor e = errors.contiguous(), w = weights.contiguous();
+    auto eb = nchw(e.data(), e.shape());
+    backward_data_by_phases(
+        w.data(), w.shape(), g, out, accumulate,
+        [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
+            kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
+        });
 }
 
 }  // namespace
@@ -426,18 +465,15 @@ Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeomet
 
 Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Shape &input_shape,
                           const ConvGeometry &g) {
-    const Shape out_shape = conv_output_shape(input_shape, weights.shape(), g);
-    if (errors.shape() != out_shape)
-        throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
-                                                shape_string(errors.shape()), shape_string(out_shape)));
-    const Tensor e = errors.contiguous(), w = weights.contiguous();
+    check_errors_shape(errors.shape(), input_shape, weights.shape(), g);
     Tensor out = Tensor::uninitialized(input_shape);
-    auto eb = nchw(e.data(), e.shape());
-    backward_data_by_phases(w.data(), w.shape(), g, out,
-                            [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o) {
-                                kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o);
-                            });
+    backward_data_float(errors, weights, g, out, false);
     return out;
+}
+
+void conv_backward_data_add(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &into) {
+    check_contiguous_gradient(into, "conv_backward_data_add");
+    backward_data_float(errors, weights, g, into, true);
 }
 
 Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kernel, const ConvGeometry &g) {
@@ -516,14 +552,14 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
         });
 }
 
-Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
-                          const ConvGeometry &g) {
+namespace {
+
+void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
+                           Tensor &out, bool accumulate) {
     check_role(errors, TensorRole::error, "errors");
     check_role(weights, TensorRole::weight, "weights");
-    const Shape out_shape = conv_output_shape(input_shape, weights.shape, g);
-    if (errors.shape != out_shape)
-        throw std::invalid_argument(fmt::format("conv_backward_data: errors {} do not match the output shape {}",
-                                                shape_string(errors.shape), shape_string(out_shape)));
+    check_errors_shape(errors.shape, out.shape(), weights.shape, g);
+    const Shape &input_shape = out.shape();
     const int64_t N = input_shape[0], C = input_shape[1], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(O * K * K, errors, weights, "conv_backward_data");
     // The 4-term u8 x i8 variant (VNNI) takes neither weight shifts nor narrow sums.
@@ -539,16 +575,17 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
     // Narrow sums where the 4-term kernel (VNNI) does not run, the offset weights fit uint8, a
     // chunk of 4 output channels fits int16 (see narrow_chunk) and the window is not 1x1.
     // Output side: sample n of the errors; the weights' output channels are the reduction.
-    return sum_over_pieces(
-        split(errors, {0}), weight_pieces, input_shape, [&](const Piece &e, const Piece &w, Tensor &out) {
+    sum_over_pieces_into(
+        split(errors, {0}), weight_pieces, out, accumulate,
+        [&](const Piece &e, const Piece &w, Tensor &piece_out, bool piece_accumulate) {
             const std::vector<double> se = e.table(0, N), sw = w.table(1, C);
             auto eb = nchw(e.values, errors.shape);
             Buffer<const double> seb(se.data(), {int(N)}), swb(sw.data(), {int(C)});
             std::optional<OffsetWeights> offset;
             if (!four_term) offset = offset_weights(w.values, weights.shape, shifts, O * K * K, errors.format.qmax());
             backward_data_by_phases(
-                w.values, weights.shape, g, out,
-                [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o) {
+                w.values, weights.shape, g, piece_out, piece_accumulate,
+                [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
                     // A 1x1 window (1x1 layers) has too few products per position to repay
                     // the offset's correction (measured: 10-15% slower).
                     const int64_t taps = ws[2] * ws[3];
@@ -556,12 +593,29 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
-                                                           phases, pad_x, pad_y, chunk, o);
+                                                           phases, pad_x, pad_y, chunk, o, add, o);
                     } else {
-                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y, o);
+                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y, o,
+                                                    add, o);
                     }
                 });
         });
+}
+
+}  // namespace
+
+Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
+                          const ConvGeometry &g) {
+    check_errors_shape(errors.shape, input_shape, weights.shape, g);
+    Tensor out = Tensor::uninitialized(input_shape);
+    backward_data_integer(errors, weights, g, out, false);
+    return out;
+}
+
+void conv_backward_data_add(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
+                            Tensor &into) {
+    check_contiguous_gradient(into, "conv_backward_data_add");
+    backward_data_integer(errors, weights, g, into, true);
 }
 
 Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor &input, int kernel,

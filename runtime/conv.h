@@ -20,6 +20,9 @@ Shape conv_output_shape(const Shape &input, const Shape &weights, const ConvGeom
 Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeometry &g);
 Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Shape &input_shape, const ConvGeometry &g);
 Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kernel, const ConvGeometry &g);
+// dA added into `into` (contiguous, the input's shape): into + conv_backward_data(...) bit for
+// bit, in the kernel's store instead of a pass of its own (a residual block's two paths).
+void conv_backward_data_add(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &into);
 
 // Integer: products of int8 element values summed exactly in int32, scaled back once per
 // output (or per sample, for the weight gradient, whose reduction is split per sample so that
@@ -34,5 +37,7 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
                           const ConvGeometry &g);
 Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor &input, int kernel,
                             const ConvGeometry &g);
+void conv_backward_data_add(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
+                            Tensor &into);
 
 }  // namespace lowbit

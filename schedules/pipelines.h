@@ -113,6 +113,9 @@ struct ConvPipeline {
     // phases 1 (a view of the pixels a 1x1 strided layer reaches); undefined where the
     // output is always dense.
     Halide::Expr output_stride_x;
+    // backward-data: true when the output adds an addend (the gradient already there, e.g. a
+    // residual block's other path) instead of being written afresh; undefined for the others.
+    Halide::Expr accumulate;
     // forward: the input's x stride, which may be > 1 (a 1x1 stride-s layer runs at stride 1
     // on a view of the pixels it reads); undefined where the input is always dense.
     Halide::Expr input_stride_x;

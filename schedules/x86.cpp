@@ -224,13 +224,18 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         // Each specialization copies the schedule as it stands: two phases first (a dense
         // output, which the interleaved stores need), then the plain tile for one phase, dense
         // or, where the output may be a strided view (1x1 strided layers), storing lane by
-        // lane; no code for other cases (the runtime never passes them).
+        // lane; no code for other cases (the runtime never passes them). All of it twice:
+        // adding the addend and not (the addend's loads only where they are needed).
         const Expr dense = p.output_stride_x.defined() ? p.output_stride_x == 1 : Internal::const_true();
-        tile_output(p.output.specialize(p.phases == 2 && dense), 2);
-        tile_output(p.output, 1);
-        p.output.specialize(p.phases == 1 && dense);
-        if (p.output_stride_x.defined()) p.output.specialize(p.phases == 1);
-        p.output.specialize_fail("phases must be 1 or 2 (2 only into a dense output)");
+        auto tile_variants = [&](Stage out) {
+            tile_output(out.specialize(p.phases == 2 && dense), 2);
+            tile_output(out, 1);
+            out.specialize(p.phases == 1 && dense);
+            if (p.output_stride_x.defined()) out.specialize(p.phases == 1);
+            out.specialize_fail("phases must be 1 or 2 (2 only into a dense output)");
+        };
+        tile_variants(p.output.specialize(p.accumulate));
+        tile_variants(p.output);
     } else {
         tile_output(p.output, 1);
     }

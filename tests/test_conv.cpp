@@ -180,6 +180,59 @@ TEST(IntegerConv, StridedBackwardDataInterleavesPhases) {
     }
 }
 
+// conv_backward_data_add adds dA into the gradient there in the kernels' store (a residual
+// block's two paths): bit for bit that gradient plus conv_backward_data's result, for every
+// way backward-data runs: stride 1, merged stride-2 phases, a 1x1 stride-2 layer (a strided
+// view of dA, no zero fill), the narrow (4-bit), pair (8-bit) and float32 kernels, and
+// errors grouped along the reduction (exponent classes summed on the host).
+TEST(IntegerConv, BackwardDataAddsIntoTheGradient) {
+    uint32_t seed = 300;
+    struct Case {
+        int64_t K, stride, pad;
+    };
+    int narrow_runs = 0, pair_runs = 0;
+    for (const Case c : {Case{3, 1, 1}, Case{3, 2, 1}, Case{1, 2, 0}}) {
+        const ConvShape s{2, 5, 11, 10, 7, c.K, c.stride, c.pad};
+        const ConvGeometry g{int(c.stride), int(c.pad)};
+        const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, c.K, c.K};
+        const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+        SCOPED_TRACE("K" + std::to_string(c.K) + " stride " + std::to_string(c.stride));
+        const Tensor w = random_tensor(w_shape, seed++), e = random_tensor(e_shape, seed++);
+        const Tensor before = random_tensor(a_shape, seed++);
+        auto expect_added = [&](const Tensor &alone, const Tensor &added, const std::string &what) {
+            for (int64_t k = 0; k < before.numel(); k++) {
+                ASSERT_EQ(added[k], before[k] + alone[k]) << what << " element " << k;
+            }
+        };
+        Tensor into = before.clone();
+        conv_backward_data_add(e, w, g, into);
+        expect_added(conv_backward_data(e, w, a_shape, g), into, "float32");
+        for (const char *formats : {"m3e0/g3/sample", "m7e0/g3/sample", "m3e0/g3/channel"}) {
+            const QuantizedTensor qw =
+                quantize(w, parse_format("m3e0/g3/channel"), Rounding::nearest, 0, 0, 1, TensorRole::weight);
+            const QuantizedTensor qe =
+                quantize(e, parse_format(formats), Rounding::stochastic, 7, 0, 2, TensorRole::error);
+            into = before.clone();
+            const uint64_t narrow_before = kernels::conv_backward_data_narrow.calls();
+            conv_backward_data_add(qe, qw, g, into);
+            (kernels::conv_backward_data_narrow.calls() > narrow_before ? narrow_runs : pair_runs)++;
+            expect_added(conv_backward_data(qe, qw, a_shape, g), into, formats);
+        }
+    }
+    // Both integer kernels added (the 4-term one replaces both on VNNI).
+    if (best_isa() != Isa::avx512_vnni) {
+        EXPECT_GT(narrow_runs, 0);
+        EXPECT_GT(pair_runs, 0);
+    }
+    // The gradient must be one dense block, of the input's shape.
+    const Tensor w = random_tensor({7, 5, 3, 3}, seed++), e = random_tensor({2, 7, 6, 6}, seed++);
+    Tensor wide = random_tensor({2, 5, 6, 12}, seed++);
+    Tensor strided = Tensor::wrap(wide.data(), {2, 5, 6, 6}, {360, 72, 12, 2});
+    EXPECT_THROW(conv_backward_data_add(e, w, {1, 1}, strided), std::invalid_argument);
+    Tensor wrong = random_tensor({2, 5, 6, 7}, seed++);
+    EXPECT_THROW(conv_backward_data_add(e, w, {1, 1}, wrong), std::invalid_argument);
+}
+
 // Unsigned activations (as after a ReLU) run forward and weight gradient through the
 // *_unsigned kernels: uint8 x int8 products summed in int16 chunks on AVX2 (checked to have
 // run).
@@ -480,9 +533,9 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
                 kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
-                                                 stride, int(K / 2), int(K / 2), d4b);
+                                                 stride, int(K / 2), int(K / 2), d4b, false, d4b);
                 kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
-                                            stride, int(K / 2), int(K / 2), d2b);
+                                            stride, int(K / 2), int(K / 2), d2b, false, d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
             }
         }
@@ -579,8 +632,9 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
         std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
         Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
         Tensor pairs = Tensor::uninitialized(d_shape);
+        Buffer<float> pairs_buffer = nchw(pairs.data(), d_shape);
         kernels::conv_backward_data(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts, 1, pad_x, pad_y,
-                                    nchw(pairs.data(), d_shape));
+                                    pairs_buffer, false, pairs_buffer);
         // Smallest offset 28 (-7 << 2); products up to 56 x 8: 2 * 9 * 448 per group, 4 groups
         // within 32767 at 3x3 (chunk 5 and 8 only on the smaller windows).
         for (int offset : {28, 40}) {
@@ -589,8 +643,9 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
                 SCOPED_TRACE(std::to_string(kx) + "x" + std::to_string(ky) + " offset " + std::to_string(offset) +
                              " chunk " + std::to_string(chunk));
                 Tensor narrow = Tensor::uninitialized(d_shape);
+                Buffer<float> narrow_buffer = nchw(narrow.data(), d_shape);
                 kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts,
-                                                   offset, 1, pad_x, pad_y, chunk, nchw(narrow.data(), d_shape));
+                                                   offset, 1, pad_x, pad_y, chunk, narrow_buffer, false, narrow_buffer);
                 EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }

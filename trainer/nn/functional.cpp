@@ -414,13 +414,4 @@ Tensor add(const Tensor &a, const Tensor &b) {
     return y;
 }
 
-void add_into(Tensor &a, const Tensor &b) {
-    const char *what = "add_into";
-    require_contiguous(a, what, "a");
-    require_shape(b, a.shape(), what, "b");
-    float *ad = a.data();
-    const float *bd = b.data();
-    for (int64_t i = 0; i < a.numel(); i++) ad[i] += bd[i];
-}
-
 }  // namespace lowbit::nn

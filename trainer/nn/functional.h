@@ -58,7 +58,5 @@ LossResult softmax_cross_entropy(const Tensor &logits, const std::vector<int32_t
 
 // Element-wise a + b (the residual add; its backward is the identity to both inputs).
 Tensor add(const Tensor &a, const Tensor &b);
-// a += b, e.g. to accumulate the gradients of a residual block's two branches.
-void add_into(Tensor &a, const Tensor &b);
 
 }  // namespace lowbit::nn

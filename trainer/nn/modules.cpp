@@ -101,20 +101,31 @@ Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const Step
 }
 
 Tensor Conv2d::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
-    Tensor grad = store_->grad(weight_);
     Tensor dx;
+    if (need_input_grad) dx = Tensor::uninitialized(input_shape_);
+    backward_into(dy, ctx, need_input_grad ? &dx : nullptr, false);
+    return dx;
+}
+
+void Conv2d::backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx) { backward_into(dy, ctx, &dx, true); }
+
+// The weight gradient, and dA written to *dx or added to it (`accumulate`); no dA without dx.
+void Conv2d::backward_into(const Tensor &dy, const StepContext &ctx, Tensor *dx, bool accumulate) {
+    Tensor grad = store_->grad(weight_);
     if (!precision_.low_bit) {
-        if (need_input_grad) dx = conv_backward_data(dy, store_->value(weight_), input_shape_, geometry_);
+        const Tensor w = store_->value(weight_);
+        if (dx && accumulate) conv_backward_data_add(dy, w, geometry_, *dx);
+        if (dx && !accumulate) *dx = conv_backward_data(dy, w, input_shape_, geometry_);
         copy_into(grad, conv_backward_weight(dy, saved_input_, kernel_, geometry_));
         saved_input_ = Tensor();
-        return dx;
+        return;
     }
     const LayerPrecision &p = precision_;
     quantize_into(errors_, dy, p.errors, p.error_rounding, ctx.seed, ctx.step, tensor_id(id_, TensorRole::error),
                   TensorRole::error);
-    if (need_input_grad) dx = conv_backward_data(errors_, saved_weights_, input_shape_, geometry_);
+    if (dx && accumulate) conv_backward_data_add(errors_, saved_weights_, geometry_, *dx);
+    if (dx && !accumulate) *dx = conv_backward_data(errors_, saved_weights_, input_shape_, geometry_);
     copy_into(grad, conv_backward_weight(errors_, saved_activations_, kernel_, geometry_));
-    return dx;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -381,13 +392,19 @@ Tensor BasicBlock::backward(const Tensor &dy, const StepContext &ctx, bool need_
     Tensor g;  // dL/d(shortcut output) = dL/d(bn2 output) behind the ReLU
     const Tensor d_conv2 = bn2_.backward_add_relu(dy, g);
     const Tensor d_h = conv2_.backward(d_conv2, ctx, true);
-    Tensor dx = conv1_.backward(bn1_.backward(d_h, ctx, true), ctx, need_input_grad);
-    if (shortcut_conv_) {
-        const Tensor d_short = shortcut_conv_->backward(shortcut_bn_->backward(g, ctx, true), ctx, need_input_grad);
-        if (need_input_grad) add_into(dx, d_short);
-    } else if (need_input_grad) {
-        add_into(dx, g);
+    const Tensor d_conv1 = bn1_.backward(d_h, ctx, true);
+    // The two paths' input gradients meet in backward-data's store (Conv2d::backward_add):
+    // the shortcut's gradient, or conv1's where the shortcut has a convolution of its own.
+    if (!shortcut_conv_) {
+        if (!need_input_grad) return conv1_.backward(d_conv1, ctx, false);
+        Tensor dx = std::move(g);  // dL/dx through the identity; nothing else reads g
+        conv1_.backward_add(d_conv1, ctx, dx);
+        return dx;
     }
+    Tensor dx = conv1_.backward(d_conv1, ctx, need_input_grad);
+    const Tensor d_short = shortcut_bn_->backward(g, ctx, true);
+    if (!need_input_grad) return shortcut_conv_->backward(d_short, ctx, false);
+    shortcut_conv_->backward_add(d_short, ctx, dx);
     return dx;
 }
 

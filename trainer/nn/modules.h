@@ -66,8 +66,12 @@ public:
     // conv(bn(x)) for a batch norm with ReLU: in low-bit mode the batch norm writes this
     // layer's quantized input directly (batch_norm_relu_quantize_into), never a float32 one.
     Tensor forward_after(BatchNorm2d &bn, const Tensor &bn_input, const StepContext &ctx);
+    // backward(dy, ctx, true) added into dx (the input's shape) in the kernel's store: dx +
+    // backward(...) bit for bit, without the pass of its own.
+    void backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx);
 
 private:
+    void backward_into(const Tensor &dy, const StepContext &ctx, Tensor *dx, bool accumulate);
     // The forward pass once saved_activations_ holds the quantized input.
     Tensor forward_quantized(const StepContext &ctx);
 
