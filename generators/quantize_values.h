@@ -52,12 +52,13 @@ inline Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &
 // LOWBIT_QUANTIZE_VALUE_INPUTS), first match first. Fixed point (E = 0) has a uniform grid:
 // no exponent-grid tests. The default error format, m1e2 rounded stochastically, the most
 // expensive quantization of a default training step, takes its short way
-// (round_m1e2_magnitude_stochastic); the other stochastic formats say they are not m1e2, so
-// that the select between the two ways folds in their loop too.
+// (round_m1e2_magnitude_stochastic), signed (as errors are: the sign's select folds too); the
+// other stochastic formats say they are not m1e2, so that the select between the two ways
+// folds in their loop too (an unsigned um1e2 takes the unspecialized loop, which has both).
 template <class Gen>
 std::vector<Expr> value_specializations(const Gen &g) {
     const Expr m1e2 = is_m1e2(g.mantissa_max, g.exponent_steps, g.shift_bits);
-    return {g.stochastic && m1e2, g.stochastic && g.exponent_steps == 0, g.stochastic && !m1e2,
+    return {g.stochastic && m1e2 && g.has_sign, g.stochastic && g.exponent_steps == 0, g.stochastic && !m1e2,
             !g.stochastic && g.exponent_steps == 0, !g.stochastic};
 }
 
