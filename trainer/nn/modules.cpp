@@ -102,7 +102,6 @@ Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const Step
 
 Tensor Conv2d::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
     Tensor dx;
-    if (need_input_grad) dx = Tensor::uninitialized(input_shape_);
     backward_into(dy, ctx, need_input_grad ? &dx : nullptr, false);
     return dx;
 }
