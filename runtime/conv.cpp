@@ -417,9 +417,9 @@ void check_errors_shape(const Shape &errors, const Shape &input_shape, const Sha
                                                 shape_string(errors), shape_string(out_shape)));
 }
 
+// Errors checked (check_errors_shape) against out's shape, the layer's input.
 void backward_data_float(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &out,
                          bool accumulate) {
-    check_errors_shape(errors.shape(), out.shape(), weights.shape(), g);
     const Tensor e = errors.contiguous(), w = weights.contiguous();
     auto eb = nchw(e.data(), e.shape());
     backward_data_by_phases(
@@ -473,6 +473,7 @@ Tensor conv_backward_data(const Tensor &errors, const Tensor &weights, const Sha
 
 void conv_backward_data_add(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &into) {
     check_contiguous_gradient(into, "conv_backward_data_add");
+    check_errors_shape(errors.shape(), into.shape(), weights.shape(), g);
     backward_data_float(errors, weights, g, into, true);
 }
 
@@ -554,11 +555,16 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
 
 namespace {
 
-void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
-                           Tensor &out, bool accumulate) {
+void check_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
+                         const ConvGeometry &g) {
     check_role(errors, TensorRole::error, "errors");
     check_role(weights, TensorRole::weight, "weights");
-    check_errors_shape(errors.shape, out.shape(), weights.shape, g);
+    check_errors_shape(errors.shape, input_shape, weights.shape, g);
+}
+
+// Operands checked (check_backward_data) against out's shape, the layer's input.
+void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
+                           Tensor &out, bool accumulate) {
     const Shape &input_shape = out.shape();
     const int64_t N = input_shape[0], C = input_shape[1], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(O * K * K, errors, weights, "conv_backward_data");
@@ -606,7 +612,7 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
 
 Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &weights, const Shape &input_shape,
                           const ConvGeometry &g) {
-    check_errors_shape(errors.shape, input_shape, weights.shape, g);
+    check_backward_data(errors, weights, input_shape, g);
     Tensor out = Tensor::uninitialized(input_shape);
     backward_data_integer(errors, weights, g, out, false);
     return out;
@@ -615,6 +621,7 @@ Tensor conv_backward_data(const QuantizedTensor &errors, const QuantizedTensor &
 void conv_backward_data_add(const QuantizedTensor &errors, const QuantizedTensor &weights, const ConvGeometry &g,
                             Tensor &into) {
     check_contiguous_gradient(into, "conv_backward_data_add");
+    check_backward_data(errors, weights, into.shape(), g);
     backward_data_integer(errors, weights, g, into, true);
 }
 
