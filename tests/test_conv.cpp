@@ -376,6 +376,46 @@ TEST(IntegerConv, ForwardIsExactIntegerSumTimesScales) {
     }
 }
 
+// Double-width deployment (method.md section 5): a 2b-bit operand q = 2^b q_hi + q_lo (q_hi
+// signed, q_lo unsigned, b bits each) convolves as 2^b conv(q_hi) + conv(q_lo), two passes of
+// a b-bit multiplier. With unit scales the kernels' outputs are their integer sums, so the
+// identity must hold exactly: for 8-bit weights and 8-bit activations split into 4-bit halves,
+// at both strides.
+TEST(IntegerConv, DoubleWidthIsTwoPassesOfHalfWidthOperands) {
+    constexpr int b = 4;
+    for (int stride : {1, 2}) {
+        const ConvShape s = make_shape(3, 13, 9, 10, 3, stride);
+        const ConvGeometry g{stride, 1};
+        const Format eight = parse_format("m7e0/g3/sample");
+        QuantizedTensor a = quantize(random_tensor({s.N, s.C, s.H, s.W}, 5), eight);
+        QuantizedTensor w = quantize(random_tensor({s.O, s.C, s.K, s.K}, 6), parse_format("m7e0/g3/channel"),
+                                     Rounding::nearest, 0, 0, 0, TensorRole::weight);
+        for (QuantizedTensor *t : {&a, &w}) {
+            t->scale = float(t->format.qmax());  // output = the integer sum
+            std::fill(t->group_exponents.begin(), t->group_exponents.end(), uint8_t{0});
+        }
+        auto half = [&](const QuantizedTensor &t, bool high) {
+            QuantizedTensor h = t;
+            for (int8_t &q : h.values) {
+                const int hi = int(std::floor(q / double(1 << b)));
+                EXPECT_TRUE(hi >= -(1 << (b - 1)) && hi < (1 << (b - 1)));
+                q = int8_t(high ? hi : q - (hi << b));  // q_lo in [0, 2^b)
+            }
+            return h;
+        };
+        const Tensor y = conv_forward(a, w, g);
+        const Tensor w_hi = conv_forward(a, half(w, true), g), w_lo = conv_forward(a, half(w, false), g);
+        const Tensor a_hi = conv_forward(half(a, true), w, g), a_lo = conv_forward(half(a, false), w, g);
+        int64_t nonzero = 0;
+        for (int64_t k = 0; k < y.numel(); k++) {
+            ASSERT_EQ(y[k], float(1 << b) * w_hi[k] + w_lo[k]) << "stride " << stride << ", element " << k;
+            ASSERT_EQ(y[k], float(1 << b) * a_hi[k] + a_lo[k]) << "stride " << stride << ", element " << k;
+            nonzero += y[k] != 0 && w_lo[k] != 0 && a_lo[k] != 0;
+        }
+        EXPECT_GT(nonzero, y.numel() / 2);
+    }
+}
+
 // Every compiled variant this CPU runs gives bit-identical outputs, for signed and unsigned
 // activations (the *_unsigned kernels' variants too).
 void check_variants_agree(const char *a_format) {

@@ -8,6 +8,7 @@
 
 #include "nn/functional.h"
 #include "nn/models.h"
+#include "nn/modules.h"
 
 namespace lowbit::nn {
 namespace {
@@ -179,6 +180,58 @@ TEST(NetworkGradient, UnsignedActivationsAfterReluFollowFloat32Closer) {
     std::cout << "cosine to float32: signed 4-bit activations " << signed_cosine << ", unsigned " << unsigned_cosine
               << "\n";
     EXPECT_GT(unsigned_cosine, signed_cosine);
+}
+
+// Recalibration (StepContext::average_batch, for a network deployed at another precision):
+// batch k sets the running statistics to the plain average of batches 1..k of the batch
+// means and unbiased variances, whatever they held before; against float64.
+TEST(BatchNormModule, RecalibrationAveragesTheBatchStatistics) {
+    const int64_t N = 4, C = 3, H = 5, W = 6;
+    BatchNorm2d bn(C, false);
+    ParameterStore store;
+    bn.register_parameters(store, "bn.");
+    store.finalize();
+    std::mt19937_64 rng(1);
+    bn.initialize(store, rng);
+    StateList state;
+    bn.collect_state(state, "bn.");
+    ASSERT_EQ(state.size(), 2u);
+    Tensor &running_mean = state[0].second, &running_var = state[1].second;
+    for (int64_t c = 0; c < C; c++) running_mean[c] = running_var[c] = 100.0f;  // stale values
+
+    std::vector<double> mean_sum(C, 0.0), var_sum(C, 0.0);
+    for (int k = 1; k <= 3; k++) {
+        const Tensor x = random_problem(N, {C, H, W}, 2, uint32_t(10 + k)).images;
+        for (int64_t c = 0; c < C; c++) {
+            double sum = 0, squares = 0;
+            for (int64_t n = 0; n < N; n++) {
+                for (int64_t i = 0; i < H * W; i++) sum += x[(n * C + c) * H * W + i];
+            }
+            const double mean = sum / double(N * H * W);
+            for (int64_t n = 0; n < N; n++) {
+                for (int64_t i = 0; i < H * W; i++) {
+                    const double d = x[(n * C + c) * H * W + i] - mean;
+                    squares += d * d;
+                }
+            }
+            mean_sum[size_t(c)] += mean;
+            var_sum[size_t(c)] += squares / double(N * H * W - 1);
+        }
+        bn.forward(x, StepContext{true, 1, uint64_t(k - 1), uint64_t(k)});
+        for (int64_t c = 0; c < C; c++) {
+            EXPECT_NEAR(running_mean[c], mean_sum[size_t(c)] / k, 1e-6) << "batch " << k << ", channel " << c;
+            EXPECT_NEAR(running_var[c], var_sum[size_t(c)] / k, 1e-5) << "batch " << k << ", channel " << c;
+        }
+    }
+    // Training proper keeps its moving average (momentum 0.1).
+    const float before = running_mean[0];
+    const Tensor x = random_problem(N, {C, H, W}, 2, 20).images;
+    bn.forward(x, StepContext{true, 1, 3});
+    double sum = 0;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t i = 0; i < H * W; i++) sum += x[n * C * H * W + i];
+    }
+    EXPECT_NEAR(running_mean[0], 0.9 * before + 0.1 * sum / double(N * H * W), 1e-6);
 }
 
 TEST(Network, RejectsUnknownModelsAndSizes) {

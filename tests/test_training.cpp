@@ -150,6 +150,73 @@ TEST(Training, EvaluatingTheCheckpointReproducesTheLastTestAccuracy) {
     EXPECT_EQ(e.loss, r.epochs.back().test_loss);
 }
 
+// Double-width deployment (method.md section 5): the trained parameters run inference with
+// 2b-bit fixed-point activations and weights, the groups kept. Checked against a network built
+// directly with those formats and given the checkpoint's parameters and statistics.
+TEST(Training, DoubleWidthDeploymentRunsTheTrainedNetworkAtTwiceTheBits) {
+    const std::string dir = fresh_dir();
+    const TrainConfig config = tiny_run(dir + "/run", 1);
+    run_training(config, false, {true});
+    const std::string path = dir + "/run/checkpoint.ckpt";
+    const InferenceFormats wide = double_width_formats(config, path);
+    EXPECT_EQ(wide.a_format, "m7e0/g3/sample");  // from m3e0/g3/sample (um4e0 after ReLUs)
+    EXPECT_EQ(wide.w_format, "m7e0/g3/channel");
+
+    const Dataset train = load_split(config.data, true, config.train_limit);
+    const Dataset test = load_split(config.data, false, config.test_limit);
+    BatchLoader loader(test, config.batch, false, false, test_augmentation(config, train), 1);
+    LoadedModel trained = load_model(path, loader.image_shape(), train.classes);
+    LoadedModel deployed = load_model(path, loader.image_shape(), train.classes, wide);
+    EXPECT_EQ(deployed.config.a_format, wide.a_format);
+    EXPECT_EQ(deployed.config.w_format, wide.w_format);
+    EXPECT_EQ(deployed.config.e_format, config.e_format);
+
+    TrainConfig eight_bit = config;
+    eight_bit.a_format = "m7e0/g3/sample";
+    eight_bit.w_format = "m7e0/g3/channel";
+    nn::Network direct(config.model, loader.image_shape(), train.classes, eight_bit.policy(), 99);
+    ParameterStore &from = trained.network->parameters();
+    std::copy(from.values(), from.values() + from.total_size(), direct.parameters().values());
+    auto state = direct.state();
+    for (auto &[name, t] : trained.network->state()) {
+        for (auto &[other, u] : state) {
+            if (other == name) std::copy(t.data(), t.data() + t.numel(), u.data());
+        }
+    }
+    const EvalResult at_eight = evaluate(*deployed.network, loader, config.seed);
+    const EvalResult expected = evaluate(direct, loader, config.seed);
+    EXPECT_EQ(at_eight.loss, expected.loss);
+    EXPECT_EQ(at_eight.accuracy, expected.accuracy);
+    EXPECT_NE(at_eight.loss, evaluate(*trained.network, loader, config.seed).loss);  // the formats did change
+
+    // Recalibration re-estimates the statistics only: the parameters stay; it stops where the
+    // loader's epoch of full batches ends (1000 images: 15 batches of 64).
+    const std::vector<float> parameters(from.values(), from.values() + from.total_size());
+    BatchLoader calibration(train, config.batch, true, true, test_augmentation(config, train), 1);
+    EXPECT_EQ(recalibrate_batch_norm(*deployed.network, calibration, 100, config.seed), 15);
+    ParameterStore &after = deployed.network->parameters();
+    EXPECT_EQ(std::vector<float>(after.values(), after.values() + after.total_size()), parameters);
+    EXPECT_NE(evaluate(*deployed.network, loader, config.seed).loss, at_eight.loss);
+
+    // Floating formats widen to fixed point too; a float32 run or 5-bit formats cannot.
+    TrainConfig floating = config;
+    floating.a_format = "m1e2/g2/sample";
+    EXPECT_EQ(double_width_formats(floating, path).a_format, "m7e0/g2/sample");
+    TrainConfig five_bits = config;
+    five_bits.w_format = "m4e0/g3/channel";
+    try {
+        double_width_formats(five_bits, path);
+        FAIL() << "a 5-bit format widened to 10 bits";
+    } catch (const std::invalid_argument &e) {
+        EXPECT_NE(std::string(e.what()).find("m4e0/g3/channel"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+    TrainConfig float32 = config;
+    float32.precision = "float32";
+    EXPECT_THROW(double_width_formats(float32, path), std::invalid_argument);
+    EXPECT_THROW(load_model(path, loader.image_shape(), train.classes, {"m9e0/g3/sample", ""}), std::invalid_argument);
+}
+
 TEST(Training, RefusesToOverwriteARunAndResumesOnlyARun) {
     const std::string dir = fresh_dir();
     run_training(tiny_run(dir + "/run", 1), false, {true});

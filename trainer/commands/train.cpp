@@ -3,6 +3,7 @@
 //                [--epochs 30] [--batch 128] [--lr 0.1] [--seed 1] [--threads 2] --out runs/NAME
 //   lowbit train --out runs/NAME --resume [--epochs 40]
 //   lowbit eval --checkpoint runs/NAME/checkpoint.ckpt [--data fashion-mnist]
+//               [--double-width | --a-format F --w-format F] [--recalibrate BATCHES]
 // Flags override the config file; the file overrides the defaults (train/config.h).
 #include <fmt/format.h>
 
@@ -100,6 +101,9 @@ Run add_eval(CLI::App &app) {
         std::string checkpoint, data;
         int batch = 0;
         int64_t limit = -1;
+        train::InferenceFormats formats;
+        bool double_width = false;
+        int recalibrate = -1;  // -1: 100 batches where the formats change, else none
     };
     auto options = std::make_shared<EvalOptions>();
     CLI::App *cmd = app.add_subcommand("eval", "Test accuracy of a trained checkpoint");
@@ -110,18 +114,45 @@ Run add_eval(CLI::App &app) {
                     "a tensor's scale is its max over the batch)")
         ->check(CLI::PositiveNumber);
     cmd->add_option("--test-limit", options->limit, "use only the first N test images");
+    CLI::Option *a = cmd->add_option("--a-format", options->formats.a_format,
+                                     "run inference with this activation format instead of the trained one");
+    CLI::Option *w = cmd->add_option("--w-format", options->formats.w_format,
+                                     "run inference with this weight format instead of the trained one");
+    cmd->add_flag("--double-width", options->double_width,
+                  "deploy at twice the trained bits (method.md section 5): b-bit activations and weights become "
+                  "2b-bit fixed point with the same groups, e.g. m3e0/g3/sample -> m7e0/g3/sample")
+        ->excludes(a)
+        ->excludes(w);
+    cmd->add_option("--recalibrate", options->recalibrate,
+                    "re-estimate the batch-norm statistics on this many training batches first (default: 100 "
+                    "where the formats change, since the convolutions' outputs change with them; else 0)")
+        ->check(CLI::NonNegativeNumber);
     return [options]() {
         // The data set decides the network's input shape and classes, so read the config first.
         const train::TrainConfig trained = train::load_model_config(options->checkpoint);
+        train::InferenceFormats formats = options->formats;
+        if (options->double_width) formats = train::double_width_formats(trained, options->checkpoint);
         const std::string data = options->data.empty() ? trained.data : options->data;
         const Dataset train_set = train::load_split(data, true, trained.train_limit);
         const Dataset test_set = train::load_split(data, false, options->limit);
         const int batch = options->batch > 0 ? options->batch : trained.batch;
         BatchLoader loader(test_set, batch, false, false, train::test_augmentation(trained, train_set), trained.seed);
-        train::LoadedModel model = train::load_model(options->checkpoint, loader.image_shape(), train_set.classes);
+        train::LoadedModel model =
+            train::load_model(options->checkpoint, loader.image_shape(), train_set.classes, formats);
+        const bool formats_change = !formats.a_format.empty() || !formats.w_format.empty();
+        std::string how =
+            formats_change ? fmt::format(" with A {} and W {}", model.config.a_format, model.config.w_format) : "";
+        const int recalibrate = options->recalibrate >= 0 ? options->recalibrate : formats_change ? 100 : 0;
+        if (recalibrate > 0) {
+            // Shuffled full batches of the training split as the test sees images (no crops, flips).
+            BatchLoader calibration(train_set, batch, true, true, train::test_augmentation(trained, train_set),
+                                    trained.seed);
+            const int used = train::recalibrate_batch_norm(*model.network, calibration, recalibrate, trained.seed);
+            how += fmt::format("{} batch-norm statistics from {} training batches", how.empty() ? " with" : ",", used);
+        }
         const train::EvalResult r = train::evaluate(*model.network, loader, trained.seed);
-        fmt::print("{} on {} ({} images): test loss {:.4f}, accuracy {:.2f}%\n", options->checkpoint, data, r.images,
-                   r.loss, 100 * r.accuracy);
+        fmt::print("{} on {} ({} images){}: test loss {:.4f}, accuracy {:.2f}%\n", options->checkpoint, data, r.images,
+                   how, r.loss, 100 * r.accuracy);
         return 0;
     };
 }

@@ -165,16 +165,18 @@ void BatchNorm2d::collect_state(StateList &out, const std::string &prefix) {
 }
 
 // scale and shift from the batch statistics (training; updating the running ones as PyTorch
-// does, with the unbiased variance) or from the running statistics (inference).
+// does, with the unbiased variance; or averaging them, StepContext::average_batch) or from the
+// running statistics (inference).
 void BatchNorm2d::fold(const StepContext &ctx, const Tensor &x) {
     const Tensor gamma = store_->value(gamma_), beta = store_->value(beta_);
     if (ctx.training) {
         batch_norm_statistics(x, mean_, variance_);
         const double count = double(x.numel() / channels_);
         const double unbias = count > 1 ? count / (count - 1) : 1.0;
+        const float momentum = ctx.average_batch > 0 ? float(1.0 / double(ctx.average_batch)) : momentum_;
         for (int c = 0; c < channels_; c++) {
-            running_mean_[c] = (1 - momentum_) * running_mean_[c] + momentum_ * mean_[c];
-            running_var_[c] = (1 - momentum_) * running_var_[c] + momentum_ * float(variance_[c] * unbias);
+            running_mean_[c] = (1 - momentum) * running_mean_[c] + momentum * mean_[c];
+            running_var_[c] = (1 - momentum) * running_var_[c] + momentum * float(variance_[c] * unbias);
         }
     } else {
         std::memcpy(mean_.data(), running_mean_.data(), sizeof(float) * size_t(channels_));

@@ -25,6 +25,10 @@ struct StepContext {
     bool training = true;  // batch statistics and saved tensors; else running statistics
     uint64_t seed = 0;     // stochastic rounding draws from hash(seed, step, tensor, element)
     uint64_t step = 0;
+    // > 0 while re-estimating batch-norm statistics (train::recalibrate_batch_norm): this is
+    // the k-th batch, and the running statistics become the plain average of batches 1..k
+    // (momentum 1/k, PyTorch's momentum=None) instead of the training's moving average.
+    uint64_t average_batch = 0;
 };
 
 // Named non-trainable tensors (batch-norm running statistics) for checkpoints.

@@ -203,6 +203,16 @@ EvalResult evaluate(nn::Network &net, BatchLoader &loader, uint64_t seed) {
     return r;
 }
 
+int recalibrate_batch_norm(nn::Network &net, BatchLoader &loader, int batches, uint64_t seed) {
+    Batch batch;
+    int used = 0;
+    while (used < batches && loader.next(batch)) {
+        used++;
+        net.forward(batch.images, nn::StepContext{true, seed, uint64_t(used - 1), uint64_t(used)});
+    }
+    return used;
+}
+
 namespace {
 TrainConfig config_of(const Checkpoint &c, const std::string &path) {
     TrainConfig config;
@@ -217,12 +227,41 @@ TrainConfig config_of(const Checkpoint &c, const std::string &path) {
 }
 }  // namespace
 
+InferenceFormats double_width_formats(const TrainConfig &trained, const std::string &path) {
+    if (trained.precision != "lowbit")
+        throw std::invalid_argument(
+            fmt::format("{}: a {} run has no low-bit formats to widen", path, trained.precision));
+    auto widen = [&](const std::string &text, const char *name) {
+        Format f = parse_format(text);
+        const int bits = 2 * f.bits();
+        if (bits > 8)
+            throw std::invalid_argument(
+                fmt::format("{}: {} {} has {} bits; its double width, {} bits, does not fit the int8 kernels", path,
+                            name, text, f.bits(), bits));
+        f.has_sign = true;
+        f.exponent_bits = 0;
+        f.shift = 0;
+        f.mantissa_bits = bits - 1;
+        return to_string(f);
+    };
+    return {widen(trained.a_format, "a_format"), widen(trained.w_format, "w_format")};
+}
+
 TrainConfig load_model_config(const std::string &path) { return config_of(load_checkpoint(path), path); }
 
-LoadedModel load_model(const std::string &path, const Shape &image_shape, int classes) {
+LoadedModel load_model(const std::string &path, const Shape &image_shape, int classes,
+                       const InferenceFormats &inference) {
     const Checkpoint c = load_checkpoint(path);
     LoadedModel m;
     m.config = config_of(c, path);
+    if (!inference.a_format.empty() || !inference.w_format.empty()) {
+        if (m.config.precision != "lowbit")
+            throw std::invalid_argument(
+                fmt::format("{}: a {} run has no formats to replace", path, m.config.precision));
+        if (!inference.a_format.empty()) m.config.a_format = inference.a_format;
+        if (!inference.w_format.empty()) m.config.w_format = inference.w_format;
+        m.config.validate();
+    }
     m.network = std::make_unique<nn::Network>(m.config.model, image_shape, classes, m.config.policy(), m.config.seed);
     restore_network(*m.network, c, path);
     return m;

@@ -56,12 +56,33 @@ TrainResult run_training(const TrainConfig &config, bool resume, const RunOption
 // Test-split accuracy of a network in inference mode.
 EvalResult evaluate(nn::Network &net, BatchLoader &loader, uint64_t seed);
 
+// Re-estimates the batch-norm running statistics as the plain average over the next `batches`
+// batches of `loader` (full batches: a low-bit tensor's scale is its max over the batch), in
+// training mode without updating a parameter. For a network deployed at another precision
+// than it trained in (double_width_formats): its convolutions' outputs, and so the statistics
+// batch norm must remove, change with the precision. Returns the batches used (fewer where the
+// loader runs out).
+int recalibrate_batch_norm(nn::Network &net, BatchLoader &loader, int batches, uint64_t seed);
+
 // A checkpoint's network with its parameters and statistics, and the config it was trained with.
 struct LoadedModel {
     TrainConfig config;
     std::unique_ptr<nn::Network> network;
 };
-LoadedModel load_model(const std::string &checkpoint_path, const Shape &image_shape, int classes);
+// Formats to run a trained network's inference in instead of those it trained with (empty:
+// the trained one), e.g. method.md section 5's double-width deployment (`double_width`).
+struct InferenceFormats {
+    std::string a_format, w_format;
+};
+// Throws std::invalid_argument naming the checkpoint when the formats do not apply (a float32
+// run) or are not valid training formats.
+LoadedModel load_model(const std::string &checkpoint_path, const Shape &image_shape, int classes,
+                       const InferenceFormats &inference = {});
+// The double-width deployment of a low-bit run (method.md section 5): its b-bit activation and
+// weight formats as 2b-bit fixed point (m{2b-1}e0) with the same group exponents and axes.
+// Throws std::invalid_argument naming `checkpoint_path` for a float32 run or where 2b bits
+// would not fit the int8 kernels (b > 4).
+InferenceFormats double_width_formats(const TrainConfig &trained, const std::string &checkpoint_path);
 // Only the configuration a checkpoint was trained with.
 TrainConfig load_model_config(const std::string &checkpoint_path);
 
