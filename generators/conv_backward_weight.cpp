@@ -3,9 +3,16 @@
 //   dW(kx, ky, c, o) = sum_{n, y, x} E(x, y, o, n) A(x s + kx - p, y s + ky - p, c, n).
 // The reduction over N * OH * OW is far past what int32 holds at |q| = 127 (method.md
 // section 4), so it is split per sample: each sample's sum over OH * OW positions is exact in
-// int32 (the runtime checks OH * OW * 127^2 < 2^31), and samples are combined in double with
-// their scales, which may vary per sample and per channel:
-//   dW = sum_n partial(n) * error_scale(o, n) * input_scale(c, n), rounded once to float.
+// int32 (the runtime checks OH * OW * 127^2 < 2^31). The samples' group scales differ by
+// powers of two, so the integer kernels combine the samples exactly, as left shifts:
+//   total(kx, ky, c, o) = sum_n partial(n) << (error_shift(o, n) + input_shift(c, n)),
+// the shifts being each sample's exponent below the largest of the samples in the call
+// (method.md section 4: group factors applied to partial sums). The runtime passes runs of
+// samples whose shifted sums cannot leave int32, and scales each run's total once, in double:
+// dW = sum over runs of total * error_base(o) * input_base(c) (runtime/conv.cpp). Against
+// scaling every sample's sum in double, this is one int32 shift and add per sample and output
+// instead of a conversion, two multiplies and a double add (a fifth of the kernel's time on 8x8
+// maps, whose samples have only 64 positions each).
 // Operands are packed as pairs of consecutive x positions for 2-term dot products. The input
 // is packed once, split into `stride` column phases: column m of phase f holds input column
 // m s + f - p, so the pair of inputs that meets the errors at (x, x + 1) through tap kx,
@@ -85,18 +92,17 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
     p.samples = RDom(0, batch, "samples");
 }
 
-// dW = sum_n partial(n) * error_scale(o, n) * input_scale(c, n), the samples in order. The
-// tables hold channels innermost: the update is vectorized along o, so a sample's error scales
-// are one dense load (n innermost made them a gather per vector, in every sample's epilogue).
-template <class Scales, class Output>
-void define_scaled_total(ConvWeightPipeline &p, const Scales &error_scale, const Scales &input_scale, Output &output) {
+// total = sum_n partial(n) << (error_shift(o, n) + input_shift(c, n)), exact in int32 (the
+// runtime sizes the runs of samples). The shift tables hold channels innermost: the update is
+// vectorized along o, so a sample's error shifts are one dense load.
+template <class Shifts, class Output>
+void define_shifted_total(ConvWeightPipeline &p, const Shifts &error_shift, const Shifts &input_shift, Output &output) {
     Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
     const RDom &rn = p.samples;
-    p.total(kx, ky, c, o) = cast<double>(0);
-    // strict_float: the samples are added in order with the same rounding on every target.
-    p.total(kx, ky, c, o) = strict_float(p.total(kx, ky, c, o) + cast<double>(p.partial(o, c, kx, ky, rn)) *
-                                                                     error_scale(o, rn) * input_scale(c, rn));
-    output(kx, ky, c, o) = cast<float>(p.total(kx, ky, c, o));
+    p.total(kx, ky, c, o) = cast<int32_t>(0);
+    p.total(kx, ky, c, o) += p.partial(o, c, kx, ky, rn)
+                             << (cast<int32_t>(error_shift(o, rn)) + cast<int32_t>(input_shift(c, rn)));
+    output(kx, ky, c, o) = p.total(kx, ky, c, o);
     p.output = output;
 }
 
@@ -104,8 +110,8 @@ template <class Gen>
 void set_weight_gradient_estimates(Gen &gen) {
     gen.errors.set_estimates(kActivationEstimate);
     gen.input.set_estimates(kActivationEstimate);
-    gen.error_scale.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
-    gen.input_scale.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
+    gen.error_shift.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
+    gen.input_shift.set_estimates({{0, kEstimateChannels}, {0, kEstimateBatch}});
     gen.stride.set_estimate(1);
     gen.pad.set_estimate(1);
     gen.output.set_estimates(kWeightEstimate);
@@ -114,20 +120,20 @@ void set_weight_gradient_estimates(Gen &gen) {
 class ConvBackwardWeight : public Generator<ConvBackwardWeight> {
 public:
     LOWBIT_CONV_KNOBS
-    Input<Buffer<int8_t, 4>> errors{"errors"};            // (x, y, o, n)
-    Input<Buffer<int8_t, 4>> input{"input"};              // (x, y, c, n)
-    Input<Buffer<double, 2>> error_scale{"error_scale"};  // (o, n)
-    Input<Buffer<double, 2>> input_scale{"input_scale"};  // (c, n)
+    Input<Buffer<int8_t, 4>> errors{"errors"};             // (x, y, o, n)
+    Input<Buffer<int8_t, 4>> input{"input"};               // (x, y, c, n)
+    Input<Buffer<uint8_t, 2>> error_shift{"error_shift"};  // (o, n)
+    Input<Buffer<uint8_t, 2>> input_shift{"input_shift"};  // (c, n)
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
-    Output<Buffer<float, 4>> output{"output"};  // (kx, ky, c, o)
+    Output<Buffer<int32_t, 4>> output{"output"};  // (kx, ky, c, o): the shifted total
 
     void generate() {
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
                                stride, pad, Int(16), Int(32));
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
-        define_scaled_total(p, error_scale, input_scale, output);
+        define_shifted_total(p, error_shift, input_shift, output);
         set_weight_gradient_estimates(*this);
     }
 
@@ -144,21 +150,21 @@ private:
 class ConvBackwardWeightUnsigned : public Generator<ConvBackwardWeightUnsigned> {
 public:
     LOWBIT_CONV_KNOBS
-    Input<Buffer<int8_t, 4>> errors{"errors"};  // (x, y, o, n)
-    Input<Buffer<int8_t, 4>> input{"input"};    // (x, y, c, n), every value >= 0
-    Input<Buffer<double, 2>> error_scale{"error_scale"};
-    Input<Buffer<double, 2>> input_scale{"input_scale"};
+    Input<Buffer<int8_t, 4>> errors{"errors"};             // (x, y, o, n)
+    Input<Buffer<int8_t, 4>> input{"input"};               // (x, y, c, n), every value >= 0
+    Input<Buffer<uint8_t, 2>> error_shift{"error_shift"};  // as ConvBackwardWeight's
+    Input<Buffer<uint8_t, 2>> input_shift{"input_shift"};
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
-    Input<int> chunk{"chunk"};  // rows of output positions per int16 sum
-    Output<Buffer<float, 4>> output{"output"};
+    Input<int> chunk{"chunk"};                    // rows of output positions per int16 sum
+    Output<Buffer<int32_t, 4>> output{"output"};  // as ConvBackwardWeight's
 
     void generate() {
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_narrow_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(),
                                       errors.dim(3).extent(), stride, pad, chunk);
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
-        define_scaled_total(p, error_scale, input_scale, output);
+        define_shifted_total(p, error_shift, input_shift, output);
         set_weight_gradient_estimates(*this);
         chunk.set_estimate(16);
     }

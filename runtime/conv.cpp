@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <set>
@@ -625,6 +626,108 @@ void conv_backward_data_add(const QuantizedTensor &errors, const QuantizedTensor
     backward_data_integer(errors, weights, g, into, true);
 }
 
+namespace {
+
+// Samples [first, first + count) of one weight-gradient kernel call.
+struct SampleRun {
+    int64_t first = 0, count = 0;
+};
+
+// A piece's scales as a (channel, n) table, channels innermost, with each scale's power of two
+// below the channel's largest: scale(ch, n) = largest(ch) 2^-exponent(ch, n). Group scales
+// S 2^-e / qmax differ by powers of two only (method.md section 2), so the exponents are exact.
+struct ScaleTable {
+    int64_t channels = 0, samples = 0;
+    std::vector<double> scale, largest;  // scale (channels x samples), largest (channels)
+    std::vector<int> exponent;           // (channels x samples)
+
+    static ScaleTable of(const Piece &p, int64_t channels, int64_t samples) {
+        ScaleTable t;
+        t.channels = channels;
+        t.samples = samples;
+        t.scale.resize(size_t(channels * samples));
+        t.exponent.resize(t.scale.size());
+        t.largest.assign(size_t(channels), 0.0);
+        for (int64_t n = 0; n < samples; n++) {
+            for (int64_t ch = 0; ch < channels; ch++) {
+                const double v = p.scale(p.axis == 0 ? n : p.axis == 1 ? ch : 0);
+                t.scale[size_t(n * channels + ch)] = v;
+                t.largest[size_t(ch)] = std::max(t.largest[size_t(ch)], v);
+            }
+        }
+        for (size_t k = 0; k < t.scale.size(); k++) {
+            const double big = t.largest[k % size_t(channels)], v = t.scale[k];
+            // An all-zero tensor has scale 0 (and zero values): no shift.
+            const int x = big > 0 && v > 0 ? std::ilogb(big / v) : 0;
+            if (big > 0 && (v == 0 || std::ldexp(v, x) != big))
+                throw std::logic_error("conv_backward_weight: group scales are not powers of two apart");
+            t.exponent[k] = x;
+        }
+        return t;
+    }
+    // The largest exponent of a channel over the run: its smallest scale is the run's base.
+    int deepest(int64_t ch, const SampleRun &r) const {
+        int e = 0;
+        for (int64_t n = r.first; n < r.first + r.count; n++) e = std::max(e, exponent[size_t(n * channels + ch)]);
+        return e;
+    }
+    // Left shift of sample n's sums over the run's base, per (channel, sample of the run).
+    std::vector<uint8_t> shifts(const SampleRun &r) const {
+        std::vector<uint8_t> out(size_t(channels * r.count));
+        for (int64_t ch = 0; ch < channels; ch++) {
+            const int deep = deepest(ch, r);
+            for (int64_t i = 0; i < r.count; i++)
+                out[size_t(i * channels + ch)] = uint8_t(deep - exponent[size_t((r.first + i) * channels + ch)]);
+        }
+        return out;
+    }
+    std::vector<double> bases(const SampleRun &r) const {
+        std::vector<double> out(static_cast<size_t>(channels));
+        for (int64_t ch = 0; ch < channels; ch++) out[size_t(ch)] = std::ldexp(largest[size_t(ch)], -deepest(ch, r));
+        return out;
+    }
+    // The largest shift any channel gives sample n of the run.
+    int widest_shift(int64_t n, const std::vector<int> &deep) const {
+        int s = 0;
+        for (int64_t ch = 0; ch < channels; ch++)
+            s = std::max(s, deep[size_t(ch)] - exponent[size_t(n * channels + ch)]);
+        return s;
+    }
+};
+
+// Whether the run's shifted sums stay inside int32: sum over its samples of largest_sum
+// (a sample's largest |sum|) 2^(its widest error shift + its widest input shift) < 2^31.
+bool fits_int32(const ScaleTable &se, const ScaleTable &sa, const SampleRun &r, double largest_sum) {
+    std::vector<int> deep_e(size_t(se.channels)), deep_a(size_t(sa.channels));
+    for (int64_t ch = 0; ch < se.channels; ch++) deep_e[size_t(ch)] = se.deepest(ch, r);
+    for (int64_t ch = 0; ch < sa.channels; ch++) deep_a[size_t(ch)] = sa.deepest(ch, r);
+    double bound = 0;
+    for (int64_t n = r.first; n < r.first + r.count; n++)
+        bound += std::ldexp(largest_sum, se.widest_shift(n, deep_e) + sa.widest_shift(n, deep_a));
+    return bound < 2147483648.0;
+}
+
+// The batch as runs of samples whose shifted sums fit int32: the whole batch where it fits
+// (as it does at 4 bits), else halves, recursively; one sample always fits (its shifts are 0
+// and its sum passed check_no_overflow).
+std::vector<SampleRun> weight_gradient_runs(const ScaleTable &se, const ScaleTable &sa, double largest_sum) {
+    std::vector<SampleRun> runs, pending = {{0, se.samples}};
+    while (!pending.empty()) {
+        const SampleRun r = pending.back();
+        pending.pop_back();
+        if (r.count <= 1 || fits_int32(se, sa, r, largest_sum)) {
+            runs.push_back(r);
+        } else {
+            const int64_t half = r.count / 2;
+            pending.push_back({r.first + half, r.count - half});  // popped after the first half
+            pending.push_back({r.first, half});
+        }
+    }
+    return runs;
+}
+
+}  // namespace
+
 Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor &input, int kernel,
                             const ConvGeometry &g) {
     check_role(errors, TensorRole::error, "errors");
@@ -637,35 +740,49 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
         throw std::invalid_argument(fmt::format("conv_backward_weight: errors {} do not match the output shape {}",
                                                 shape_string(errors.shape), shape_string(out_shape)));
     const int64_t N = input.shape[0], C = input.shape[1], O = errors.shape[1];
-    // One sample's sum runs over its output positions; samples are combined in double.
-    check_no_overflow(out_shape[2] * out_shape[3], errors, input, "conv_backward_weight (per sample)");
+    const int64_t positions = out_shape[2] * out_shape[3];
+    // One sample's sum runs over its output positions; the kernels shift and add the samples'
+    // sums in int32, over runs of samples that cannot overflow (weight_gradient_runs).
+    check_no_overflow(positions, errors, input, "conv_backward_weight (per sample)");
     // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_rows).
     const int chunk = input.format.has_sign ? 0 : narrow_rows(out_shape[3], out_shape[2], input.format, errors.format);
-    // Scales may vary per sample and per channel: both are outside the per-sample sums.
-    return sum_over_pieces(split(errors, {0, 1}), split(input, {0, 1}), w_shape,
-                           [&](const Piece &e, const Piece &a, Tensor &out) {
-                               // Tables (channel, n) as Halide sees them: channels innermost.
-                               std::vector<double> se(size_t(N * O)), sa(size_t(N * C));
-                               for (int64_t n = 0; n < N; n++) {
-                                   for (int64_t o = 0; o < O; o++)
-                                       se[size_t(n * O + o)] = e.scale(e.axis == 0 ? n : e.axis == 1 ? o : 0);
-                                   for (int64_t c = 0; c < C; c++)
-                                       sa[size_t(n * C + c)] = a.scale(a.axis == 0 ? n : a.axis == 1 ? c : 0);
-                               }
-                               auto eb = nchw(e.values, errors.shape);
-                               // 1x1 strided: stride 1 on a view of the pixels it reads.
-                               const bool view = strided_pointwise(w_shape, g);
-                               auto ab = view ? strided_view(a.values, input.shape, out_shape, g.stride)
-                                              : nchw<const int8_t>(a.values, input.shape);
-                               const int stride = view ? 1 : g.stride, pad = view ? 0 : g.pad;
-                               Buffer<const double> seb(se.data(), {int(O), int(N)}), sab(sa.data(), {int(C), int(N)});
-                               auto ob = nchw(out.data(), w_shape);
-                               if (chunk > 0) {
-                                   kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, stride, pad, chunk, ob);
-                               } else {
-                                   kernels::conv_backward_weight(eb, ab, seb, sab, stride, pad, ob);
-                               }
-                           });
+    const double largest_sum = double(positions) * double(errors.format.qmax()) * double(input.format.qmax());
+    // 1x1 strided: stride 1 on a view of the pixels it reads.
+    const bool view = strided_pointwise(w_shape, g);
+    const int stride = view ? 1 : g.stride, pad = view ? 0 : g.pad;
+    const int64_t e_sample = O * out_shape[2] * out_shape[3], a_sample = C * input.shape[2] * input.shape[3];
+    return sum_over_pieces(
+        split(errors, {0, 1}), split(input, {0, 1}), w_shape, [&](const Piece &e, const Piece &a, Tensor &out) {
+            // Scale tables (channel, n): a piece's scale varies along samples, channels or neither.
+            const ScaleTable se = ScaleTable::of(e, O, N), sa = ScaleTable::of(a, C, N);
+            std::vector<double> total;
+            std::vector<int32_t> sums(size_t(out.numel()));
+            for (const SampleRun &run : weight_gradient_runs(se, sa, largest_sum)) {
+                const int n0 = int(run.first), count = int(run.count);
+                const std::vector<uint8_t> shift_e = se.shifts(run), shift_a = sa.shifts(run);
+                Buffer<const uint8_t> seb(shift_e.data(), {int(O), count}), sab(shift_a.data(), {int(C), count});
+                Shape e_run = errors.shape, a_run = input.shape, run_out = out_shape;
+                e_run[0] = a_run[0] = run_out[0] = run.count;
+                auto eb = nchw(e.values + n0 * e_sample, e_run);
+                auto ab = view ? strided_view(a.values + n0 * a_sample, a_run, run_out, g.stride)
+                               : nchw<const int8_t>(a.values + n0 * a_sample, a_run);
+                auto ob = nchw(sums.data(), w_shape);
+                if (chunk > 0) {
+                    kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, stride, pad, chunk, ob);
+                } else {
+                    kernels::conv_backward_weight(eb, ab, seb, sab, stride, pad, ob);
+                }
+                // The run's total times its smallest scales, in double: exact but for the rounding.
+                const std::vector<double> base_e = se.bases(run), base_a = sa.bases(run);
+                const int64_t taps = w_shape[2] * w_shape[3];
+                if (total.empty()) total.assign(size_t(out.numel()), 0.0);
+                for (int64_t k = 0; k < out.numel(); k++) {
+                    const int64_t o = k / (C * taps), c = (k / taps) % C;
+                    total[size_t(k)] += double(sums[size_t(k)]) * base_e[size_t(o)] * base_a[size_t(c)];
+                }
+            }
+            for (int64_t k = 0; k < out.numel(); k++) out[k] = float(total[size_t(k)]);
+        });
 }
 
 }  // namespace lowbit

@@ -25,8 +25,10 @@ Tensor conv_backward_weight(const Tensor &errors, const Tensor &input, int kerne
 void conv_backward_data_add(const Tensor &errors, const Tensor &weights, const ConvGeometry &g, Tensor &into);
 
 // Integer: products of int8 element values summed exactly in int32, scaled back once per
-// output (or per sample, for the weight gradient, whose reduction is split per sample so that
-// it cannot overflow). Group exponents that vary along a pass's reduction are applied as
+// output (the weight gradient's reduction over samples is split per sample so that it cannot
+// overflow; the samples' sums are shifted by their group exponents and added in int32 over
+// runs of samples that cannot overflow either, each run scaled back once). Group exponents
+// that vary along a pass's reduction are applied as
 // left shifts before accumulating where the kernel has room (channel groups of activations in
 // the forward pass, output-channel groups of weights in backward-data: shifts of the
 // weights), else to partial sums: the operand is split into its exponent classes, each class

@@ -123,11 +123,12 @@ struct ConvPipeline {
 };
 
 // conv_backward_weight: per-sample integer partial sums over the output positions, packed in
-// groups of `group` consecutive x (2: int16 pairs), combined over samples in double:
+// groups of `group` consecutive x (2: int16 pairs), combined over samples (integer kernels:
+// shifted and added in int32; float32: added):
 //   partial(o, c, kx, ky, n) = sum_{j, x2, y} packed_errors(j, o, x2, y, n)
 //                                             * packed_input(2 x2 + j + kx / s, kx % s, y s + ky, c, n)
 // packed_input(m, phase, row, c, n) is the input split into s column phases (see the generator).
-//   total(kx, ky, c, o) = sum_n partial(o, c, kx, ky, n) * scales(n, o, c)
+//   total(kx, ky, c, o) = sum_n partial(o, c, kx, ky, n) << shifts(n, o, c)
 // Narrow sums (unsigned inputs, as in ConvPipeline): groups of 4 x, uint8 inputs times int8
 // errors summed in int16 over `chunk` rows of output positions at a time:
 //   narrow_sum(q, o, c, kx, ky, n, h) = sum_{i < 2, x4, y < chunk} packed_errors(2 q + i, o, x4,

@@ -334,7 +334,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
 // over all samples, each sample's c tiles in turn (so its error slice, loaded once, serves
 // them all); per sample and kernel offset, a register tile of (tile_x vectors of output channels) x
 // (tile_channels inputs) accumulates over the output positions, pairs of x reduced by
-// pmaddwd, then is added to the double total with the sample's scales.
+// pmaddwd, then is shifted by the sample's exponents and added to the int32 total.
 void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target &target) {
     const Type acc_type = p.partial.value().type();
     const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);

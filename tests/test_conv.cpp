@@ -456,6 +456,29 @@ TEST(IntegerConv, VariantsGiveIdenticalResults) {
     }
 }
 
+// The weight gradient shifts each sample's sum by its group exponents and adds the samples in
+// int32, over runs of samples that cannot overflow. 8-bit operands at 32x32 with samples a
+// power of two apart (up to 2^-7 each, shifts up to 14): no two samples fit one run at the
+// widest shifts, several do at the narrowest. Against float64, channel groups too.
+TEST(IntegerConv, WeightGradientSplitsTheBatchWhereShiftedSumsCouldOverflow) {
+    const ConvShape s = make_shape(12, 3, 32, 4, 3, 1);
+    const ConvGeometry g{1, 1};
+    Tensor a = random_tensor({s.N, s.C, s.H, s.W}, 31, true), e = random_tensor({s.N, s.O, s.H, s.W}, 32);
+    const int64_t a_sample = s.C * s.H * s.W, e_sample = s.O * s.H * s.W;
+    for (int64_t n = 0; n < s.N; n++) {
+        for (int64_t k = 0; k < a_sample; k++) a[n * a_sample + k] = 100.0f * std::ldexp(1.0f, -int(n % 8));
+        for (int64_t k = 0; k < e_sample; k++) e[n * e_sample + k] *= std::ldexp(1.0f, -int((3 * n) % 8));
+    }
+    for (const char *e_format : {"m7e0/g3/sample", "m7e0/g3/channel"}) {
+        SCOPED_TRACE(e_format);
+        const QuantizedTensor qa = quantize(a, parse_format("m7e0/g3/sample"));
+        const QuantizedTensor qe = quantize(e, parse_format(e_format), Rounding::nearest, 0, 0, 0, TensorRole::error);
+        const std::vector<double> av = dequantized(qa), ev = dequantized(qe);
+        expect_close(conv_backward_weight(qe, qa, int(s.K), g), reference::conv_backward_weight(s, ev, av),
+                     reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-6, "backward-weight");
+    }
+}
+
 // Extreme operands, all |q| = qmax, at the longest reductions of ResNet-56 at batch 256:
 // forward and backward-data sum 64 * 3 * 3 products, backward-weight 32 * 32 per sample
 // over 256 samples. The exact result is a count of in-bounds terms times qmax^2.
@@ -620,7 +643,8 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
 
 // The same for the weight gradient: narrow sums over chunks of rows of output positions
 // (a partial last chunk, chunks past the row count) against the int16-pair kernel, odd widths
-// (groups of 4 columns running past the row), both strides.
+// (groups of 4 columns running past the row), both strides; and both kernels' shifted totals
+// over the samples against int64 sums from the definition.
 TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
     std::mt19937 rng(79);
     for (int64_t K : {1, 3}) {
@@ -632,18 +656,46 @@ TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
             for (size_t i = 0; i < a.size(); i++) a[i] = int8_t(i % 3 == 0 ? 15 : rng() % 16);
             for (size_t i = 0; i < e.size(); i++)
                 e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
-            std::vector<double> se(size_t(3 * 7), 0.5), sa(size_t(3 * 5), 0.25);
-            Buffer<const double> seb(se.data(), {7, 3}), sab(sa.data(), {5, 3});  // (channel, n)
-            Tensor pairs = Tensor::uninitialized(w_shape);
-            kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride,
-                                          int(K / 2), nchw(pairs.data(), w_shape));
+            // Each sample's sums shifted per (channel, n), as the runtime's exponents ask.
+            std::vector<uint8_t> se(size_t(3 * 7)), sa(size_t(3 * 5));
+            for (uint8_t &x : se) x = uint8_t(rng() % 4);
+            for (uint8_t &x : sa) x = uint8_t(rng() % 3);
+            Buffer<const uint8_t> seb(se.data(), {7, 3}), sab(sa.data(), {5, 3});  // (channel, n)
+            // The shifted total in int64, from the definition.
+            const int pad = int(K / 2);
+            std::vector<int64_t> expected(size_t(shape_numel(w_shape)), 0);
+            for (int64_t o = 0; o < 7; o++) {
+                for (int64_t c = 0; c < 5; c++) {
+                    for (int64_t ky = 0; ky < K; ky++) {
+                        for (int64_t kx = 0; kx < K; kx++) {
+                            int64_t &sum = expected[size_t(((o * 5 + c) * K + ky) * K + kx)];
+                            for (int64_t n = 0; n < 3; n++) {
+                                int64_t partial = 0;
+                                for (int64_t y = 0; y < e_shape[2]; y++) {
+                                    for (int64_t x = 0; x < e_shape[3]; x++) {
+                                        const int64_t iy = y * stride + ky - pad, ix = x * stride + kx - pad;
+                                        if (iy < 0 || iy >= a_shape[2] || ix < 0 || ix >= a_shape[3]) continue;
+                                        partial += int64_t(e[size_t(((n * 7 + o) * e_shape[2] + y) * e_shape[3] + x)]) *
+                                                   a[size_t(((n * 5 + c) * a_shape[2] + iy) * a_shape[3] + ix)];
+                                    }
+                                }
+                                sum += partial * (int64_t{1} << (se[size_t(n * 7 + o)] + sa[size_t(n * 5 + c)]));
+                            }
+                        }
+                    }
+                }
+            }
+            std::vector<int32_t> pairs(expected.size());
+            kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride, pad,
+                                          nchw(pairs.data(), w_shape));
+            EXPECT_EQ(std::vector<int64_t>(pairs.begin(), pairs.end()), expected) << "K" << K << " s" << stride;
             for (int chunk : {1, 2, 4, 5, 16}) {
                 SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " chunk " +
                              std::to_string(chunk));
-                Tensor narrow = Tensor::uninitialized(w_shape);
+                std::vector<int32_t> narrow(expected.size());
                 kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
-                                                       stride, int(K / 2), chunk, nchw(narrow.data(), w_shape));
-                EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
+                                                       stride, pad, chunk, nchw(narrow.data(), w_shape));
+                EXPECT_EQ(narrow, pairs);
             }
         }
     }

@@ -135,7 +135,7 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
         const QuantizedTensor e = quantize(random_tensor(y_shape, 4), parse_format("m3e0/g3/sample"), Rounding::nearest,
                                            0, 0, 0, TensorRole::error);
         // Constant scales: the comparison is about the sums, the scaling is shared code.
-        std::vector<double> s3(3, 0.5), s4(4, 0.25), s5(5, 0.125), s34(12, 0.5), s35(15, 0.25);
+        std::vector<double> s3(3, 0.5), s4(4, 0.25), s5(5, 0.125);
         Buffer<const int8_t> ab = nchw(a.values.data(), a_shape), wb = nchw(w.values.data(), w_shape);
         Buffer<const int8_t> eb = nchw(e.values.data(), y_shape);
         {
@@ -176,16 +176,17 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
                 << "backward-data, stride " << stride;
         }
         {
-            Tensor d = Tensor::uninitialized(w_shape), cpu = Tensor::uninitialized(w_shape);
-            Buffer<float> db = nchw(d.data(), w_shape), cb = nchw(cpu.data(), w_shape);
-            Buffer<const double> se = host<const double>(s34.data(), {4, 3}),  // (channel, n)
-                sa = host<const double>(s35.data(), {5, 3});
-            ASSERT_EQ(conv_backward_weight_opencl(eb, ab, se, sa, stride, 1, db), 0);
+            std::vector<int32_t> d(size_t(shape_numel(w_shape))), cpu(d.size());
+            Buffer<int32_t> db = nchw(d.data(), w_shape), cb = nchw(cpu.data(), w_shape);
+            // Per (channel, n) shifts of each sample's sums, as the runtime passes them.
+            std::vector<uint8_t> se = {0, 1, 2, 3, 1, 0, 0, 2, 3, 3, 1, 0},
+                                 sa = {2, 0, 1, 0, 3, 1, 1, 0, 2, 0, 0, 3, 2, 1, 0};
+            Buffer<const uint8_t> seb = host<const uint8_t>(se.data(), {4, 3}),  // (channel, n)
+                sab = host<const uint8_t>(sa.data(), {5, 3});
+            ASSERT_EQ(conv_backward_weight_opencl(eb, ab, seb, sab, stride, 1, db), 0);
             finish(db);
-            kernels::conv_backward_weight(eb, ab, se, sa, stride, 1, cb);
-            EXPECT_EQ(std::vector<float>(d.data(), d.data() + d.numel()),
-                      std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
-                << "backward-weight, stride " << stride;
+            kernels::conv_backward_weight(eb, ab, seb, sab, stride, 1, cb);
+            EXPECT_EQ(d, cpu) << "backward-weight, stride " << stride;
         }
     }
 }
