@@ -633,85 +633,73 @@ struct SampleRun {
     int64_t first = 0, count = 0;
 };
 
-// A piece's scales as a (channel, n) table, channels innermost, with each scale's power of two
-// below the channel's largest: scale(ch, n) = largest(ch) 2^-exponent(ch, n). Group scales
-// S 2^-e / qmax differ by powers of two only (method.md section 2), so the exponents are exact.
-struct ScaleTable {
-    int64_t channels = 0, samples = 0;
-    std::vector<double> scale, largest;  // scale (channels x samples), largest (channels)
-    std::vector<int> exponent;           // (channels x samples)
+// A piece's scales as the weight-gradient kernels take them. A piece's scale varies along
+// samples, along channels, or neither (split); along samples, sample n's scale is the largest
+// one's times 2^-exponent(n), exactly (group scales S 2^-e / qmax differ by powers of two,
+// method.md section 2), and a run of samples is scaled by its smallest, the others' sums
+// shifted left by the difference. Along channels or constant, nothing shifts.
+struct SampleScales {
+    int64_t channels = 0;
+    bool per_sample = false;
+    double largest = 0;                 // per_sample: the largest sample scale
+    std::vector<int> exponent;          // per_sample: per sample
+    std::vector<double> channel_scale;  // otherwise: per channel
 
-    static ScaleTable of(const Piece &p, int64_t channels, int64_t samples) {
-        ScaleTable t;
-        t.channels = channels;
-        t.samples = samples;
-        t.scale.resize(size_t(channels * samples));
-        t.exponent.resize(t.scale.size());
-        t.largest.assign(size_t(channels), 0.0);
+    SampleScales(const Piece &p, int64_t channels_, int64_t samples) : channels(channels_) {
+        per_sample = p.axis == 0;
+        if (!per_sample) {
+            for (int64_t ch = 0; ch < channels; ch++) channel_scale.push_back(p.scale(p.axis == 1 ? ch : 0));
+            return;
+        }
+        for (int64_t n = 0; n < samples; n++) largest = std::max(largest, p.scale(n));
         for (int64_t n = 0; n < samples; n++) {
-            for (int64_t ch = 0; ch < channels; ch++) {
-                const double v = p.scale(p.axis == 0 ? n : p.axis == 1 ? ch : 0);
-                t.scale[size_t(n * channels + ch)] = v;
-                t.largest[size_t(ch)] = std::max(t.largest[size_t(ch)], v);
-            }
-        }
-        for (size_t k = 0; k < t.scale.size(); k++) {
-            const double big = t.largest[k % size_t(channels)], v = t.scale[k];
+            const double v = p.scale(n);
             // An all-zero tensor has scale 0 (and zero values): no shift.
-            const int x = big > 0 && v > 0 ? std::ilogb(big / v) : 0;
-            if (big > 0 && (v == 0 || std::ldexp(v, x) != big))
-                throw std::logic_error("conv_backward_weight: group scales are not powers of two apart");
-            t.exponent[k] = x;
+            const int x = largest > 0 && v > 0 ? std::ilogb(largest / v) : 0;
+            if (largest > 0 && (v == 0 || std::ldexp(v, x) != largest))
+                throw std::logic_error("conv_backward_weight: sample scales are not powers of two apart");
+            exponent.push_back(x);
         }
-        return t;
     }
-    // The largest exponent of a channel over the run: its smallest scale is the run's base.
-    int deepest(int64_t ch, const SampleRun &r) const {
+    // The run's largest exponent: its smallest scale, the base the others shift to.
+    int deepest(const SampleRun &r) const {
         int e = 0;
-        for (int64_t n = r.first; n < r.first + r.count; n++) e = std::max(e, exponent[size_t(n * channels + ch)]);
+        if (per_sample) {
+            for (int64_t n = r.first; n < r.first + r.count; n++) e = std::max(e, exponent[size_t(n)]);
+        }
         return e;
     }
-    // Left shift of sample n's sums over the run's base, per (channel, sample of the run).
+    int shift(int64_t n, int deep) const { return per_sample ? deep - exponent[size_t(n)] : 0; }
+    // Left shift of each sample's sums, (channel, sample of the run), channels innermost.
     std::vector<uint8_t> shifts(const SampleRun &r) const {
-        std::vector<uint8_t> out(size_t(channels * r.count));
-        for (int64_t ch = 0; ch < channels; ch++) {
-            const int deep = deepest(ch, r);
-            for (int64_t i = 0; i < r.count; i++)
-                out[size_t(i * channels + ch)] = uint8_t(deep - exponent[size_t((r.first + i) * channels + ch)]);
-        }
+        std::vector<uint8_t> out(size_t(channels * r.count), 0);
+        const int deep = deepest(r);
+        for (int64_t i = 0; i < r.count && per_sample; i++)
+            std::fill_n(out.begin() + i * channels, channels, uint8_t(shift(r.first + i, deep)));
         return out;
     }
     std::vector<double> bases(const SampleRun &r) const {
-        std::vector<double> out(static_cast<size_t>(channels));
-        for (int64_t ch = 0; ch < channels; ch++) out[size_t(ch)] = std::ldexp(largest[size_t(ch)], -deepest(ch, r));
-        return out;
-    }
-    // The largest shift any channel gives sample n of the run.
-    int widest_shift(int64_t n, const std::vector<int> &deep) const {
-        int s = 0;
-        for (int64_t ch = 0; ch < channels; ch++)
-            s = std::max(s, deep[size_t(ch)] - exponent[size_t(n * channels + ch)]);
-        return s;
+        if (!per_sample) return channel_scale;
+        return std::vector<double>(size_t(channels), std::ldexp(largest, -deepest(r)));
     }
 };
 
 // Whether the run's shifted sums stay inside int32: sum over its samples of largest_sum
-// (a sample's largest |sum|) 2^(its widest error shift + its widest input shift) < 2^31.
-bool fits_int32(const ScaleTable &se, const ScaleTable &sa, const SampleRun &r, double largest_sum) {
-    std::vector<int> deep_e(size_t(se.channels)), deep_a(size_t(sa.channels));
-    for (int64_t ch = 0; ch < se.channels; ch++) deep_e[size_t(ch)] = se.deepest(ch, r);
-    for (int64_t ch = 0; ch < sa.channels; ch++) deep_a[size_t(ch)] = sa.deepest(ch, r);
+// (a sample's largest |sum|) 2^(its error shift + its input shift) < 2^31.
+bool fits_int32(const SampleScales &se, const SampleScales &sa, const SampleRun &r, double largest_sum) {
+    const int deep_e = se.deepest(r), deep_a = sa.deepest(r);
     double bound = 0;
     for (int64_t n = r.first; n < r.first + r.count; n++)
-        bound += std::ldexp(largest_sum, se.widest_shift(n, deep_e) + sa.widest_shift(n, deep_a));
+        bound += std::ldexp(largest_sum, se.shift(n, deep_e) + sa.shift(n, deep_a));
     return bound < 2147483648.0;
 }
 
 // The batch as runs of samples whose shifted sums fit int32: the whole batch where it fits
 // (as it does at 4 bits), else halves, recursively; one sample always fits (its shifts are 0
 // and its sum passed check_no_overflow).
-std::vector<SampleRun> weight_gradient_runs(const ScaleTable &se, const ScaleTable &sa, double largest_sum) {
-    std::vector<SampleRun> runs, pending = {{0, se.samples}};
+std::vector<SampleRun> weight_gradient_runs(const SampleScales &se, const SampleScales &sa, int64_t samples,
+                                            double largest_sum) {
+    std::vector<SampleRun> runs, pending = {{0, samples}};
     while (!pending.empty()) {
         const SampleRun r = pending.back();
         pending.pop_back();
@@ -753,11 +741,10 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
     const int64_t e_sample = O * out_shape[2] * out_shape[3], a_sample = C * input.shape[2] * input.shape[3];
     return sum_over_pieces(
         split(errors, {0, 1}), split(input, {0, 1}), w_shape, [&](const Piece &e, const Piece &a, Tensor &out) {
-            // Scale tables (channel, n): a piece's scale varies along samples, channels or neither.
-            const ScaleTable se = ScaleTable::of(e, O, N), sa = ScaleTable::of(a, C, N);
+            const SampleScales se(e, O, N), sa(a, C, N);
             std::vector<double> total;
             std::vector<int32_t> sums(size_t(out.numel()));
-            for (const SampleRun &run : weight_gradient_runs(se, sa, largest_sum)) {
+            for (const SampleRun &run : weight_gradient_runs(se, sa, N, largest_sum)) {
                 const int n0 = int(run.first), count = int(run.count);
                 const std::vector<uint8_t> shift_e = se.shifts(run), shift_a = sa.shifts(run);
                 Buffer<const uint8_t> seb(shift_e.data(), {int(O), count}), sab(shift_a.data(), {int(C), count});
