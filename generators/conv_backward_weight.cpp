@@ -53,6 +53,7 @@ void define_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &inp
                             const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type operand,
                             Type acc) {
     define_packed_operands(p, errors, input, out_w, stride, pad, operand, operand);
+    p.out_width = out_w;
     const int g = p.group;
     p.positions = RDom({{0, g}, {0, (out_w + g - 1) / g}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
@@ -73,6 +74,7 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
                                    const Expr &chunk) {
     p.group = 4;
     define_packed_operands(p, errors, input, out_w, stride, pad, Int(8), UInt(8));
+    p.out_width = out_w;
     p.positions = RDom({{0, 2}, {0, (out_w + 3) / 4}, {0, chunk}}, "positions");
     p.chunks = RDom(0, (out_h + chunk - 1) / chunk, "chunks");
     const RDom &r = p.positions;

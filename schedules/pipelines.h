@@ -147,6 +147,7 @@ struct ConvWeightPipeline {
     Halide::RDom samples;         // n
     Halide::Expr input_stride_x;  // the input's x stride (> 1: a view of a 1x1 strided layer's pixels)
     Halide::Expr stride;
+    Halide::Expr out_width;                 // the errors' width (the schedule specializes small maps)
     int group = 2;                          // x positions per group: 1 float32, 2 int16 pairs, 4 narrow sums
     Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only
     Halide::Var q{"q"};                     // which pair of a group of 4

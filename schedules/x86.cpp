@@ -399,8 +399,12 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     Stage interior = p.packed_input.update();
     interior.reorder(p.interior.x, p.interior.y, p.c, p.n).parallel(p.n).allow_race_conditions();
     schedule_padded_rows(interior, p.interior.x, p.stride, p.input_stride_x, {}, v);
-    update.specialize(p.stride == 1);
-    update.specialize(p.stride == 2);
+    // The loop over a row's groups of positions is short on small maps (8 columns: 2 groups
+    // of 4 narrow-sum positions, 4 pairs): unrolled there, its loop control goes.
+    for (int stride : {1, 2}) {
+        Stage strided = update.specialize(p.stride == stride);
+        if (p.out_width.defined()) strided.specialize(p.out_width == 8).unroll(r[1]);
+    }
 }
 
 }  // namespace lowbit::schedules::x86

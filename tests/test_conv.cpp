@@ -648,56 +648,59 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
 TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
     std::mt19937 rng(79);
     for (int64_t K : {1, 3}) {
-        for (int stride : {1, 2}) {
-            const Shape a_shape = {3, 5, 11, 13}, w_shape = {7, 5, K, K};
-            const ConvGeometry g{stride, int(K / 2)};
-            const Shape e_shape = conv_output_shape(a_shape, w_shape, g);
-            std::vector<int8_t> a(size_t(shape_numel(a_shape))), e(size_t(shape_numel(e_shape)));
-            for (size_t i = 0; i < a.size(); i++) a[i] = int8_t(i % 3 == 0 ? 15 : rng() % 16);
-            for (size_t i = 0; i < e.size(); i++)
-                e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
-            // Each sample's sums shifted per (channel, n), as the runtime's exponents ask.
-            std::vector<uint8_t> se(size_t(3 * 7)), sa(size_t(3 * 5));
-            for (uint8_t &x : se) x = uint8_t(rng() % 4);
-            for (uint8_t &x : sa) x = uint8_t(rng() % 3);
-            Buffer<const uint8_t> seb(se.data(), {7, 3}), sab(sa.data(), {5, 3});  // (channel, n)
-            // The shifted total in int64, from the definition.
-            const int pad = int(K / 2);
-            std::vector<int64_t> expected(size_t(shape_numel(w_shape)), 0);
-            for (int64_t o = 0; o < 7; o++) {
-                for (int64_t c = 0; c < 5; c++) {
-                    for (int64_t ky = 0; ky < K; ky++) {
-                        for (int64_t kx = 0; kx < K; kx++) {
-                            int64_t &sum = expected[size_t(((o * 5 + c) * K + ky) * K + kx)];
-                            for (int64_t n = 0; n < 3; n++) {
-                                int64_t partial = 0;
-                                for (int64_t y = 0; y < e_shape[2]; y++) {
-                                    for (int64_t x = 0; x < e_shape[3]; x++) {
-                                        const int64_t iy = y * stride + ky - pad, ix = x * stride + kx - pad;
-                                        if (iy < 0 || iy >= a_shape[2] || ix < 0 || ix >= a_shape[3]) continue;
-                                        partial += int64_t(e[size_t(((n * 7 + o) * e_shape[2] + y) * e_shape[3] + x)]) *
-                                                   a[size_t(((n * 5 + c) * a_shape[2] + iy) * a_shape[3] + ix)];
+        for (int stride : {1, 2})
+            for (int64_t width : {13, 8 * stride}) {  // 8 output columns: the unrolled specialization
+                const Shape a_shape = {3, 5, 11, width}, w_shape = {7, 5, K, K};
+                const ConvGeometry g{stride, int(K / 2)};
+                const Shape e_shape = conv_output_shape(a_shape, w_shape, g);
+                std::vector<int8_t> a(size_t(shape_numel(a_shape))), e(size_t(shape_numel(e_shape)));
+                for (size_t i = 0; i < a.size(); i++) a[i] = int8_t(i % 3 == 0 ? 15 : rng() % 16);
+                for (size_t i = 0; i < e.size(); i++)
+                    e[i] = int8_t(i % 2 == 0 ? (rng() % 2 ? 8 : -8) : int(rng() % 17) - 8);
+                // Each sample's sums shifted per (channel, n), as the runtime's exponents ask.
+                std::vector<uint8_t> se(size_t(3 * 7)), sa(size_t(3 * 5));
+                for (uint8_t &x : se) x = uint8_t(rng() % 4);
+                for (uint8_t &x : sa) x = uint8_t(rng() % 3);
+                Buffer<const uint8_t> seb(se.data(), {7, 3}), sab(sa.data(), {5, 3});  // (channel, n)
+                // The shifted total in int64, from the definition.
+                const int pad = int(K / 2);
+                std::vector<int64_t> expected(size_t(shape_numel(w_shape)), 0);
+                for (int64_t o = 0; o < 7; o++) {
+                    for (int64_t c = 0; c < 5; c++) {
+                        for (int64_t ky = 0; ky < K; ky++) {
+                            for (int64_t kx = 0; kx < K; kx++) {
+                                int64_t &sum = expected[size_t(((o * 5 + c) * K + ky) * K + kx)];
+                                for (int64_t n = 0; n < 3; n++) {
+                                    int64_t partial = 0;
+                                    for (int64_t y = 0; y < e_shape[2]; y++) {
+                                        for (int64_t x = 0; x < e_shape[3]; x++) {
+                                            const int64_t iy = y * stride + ky - pad, ix = x * stride + kx - pad;
+                                            if (iy < 0 || iy >= a_shape[2] || ix < 0 || ix >= a_shape[3]) continue;
+                                            partial +=
+                                                int64_t(e[size_t(((n * 7 + o) * e_shape[2] + y) * e_shape[3] + x)]) *
+                                                a[size_t(((n * 5 + c) * a_shape[2] + iy) * a_shape[3] + ix)];
+                                        }
                                     }
+                                    sum += partial * (int64_t{1} << (se[size_t(n * 7 + o)] + sa[size_t(n * 5 + c)]));
                                 }
-                                sum += partial * (int64_t{1} << (se[size_t(n * 7 + o)] + sa[size_t(n * 5 + c)]));
                             }
                         }
                     }
                 }
+                std::vector<int32_t> pairs(expected.size());
+                kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride, pad,
+                                              nchw(pairs.data(), w_shape));
+                EXPECT_EQ(std::vector<int64_t>(pairs.begin(), pairs.end()), expected)
+                    << "K" << K << " s" << stride << " width " << width;
+                for (int chunk : {1, 2, 4, 5, 16}) {
+                    SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " width " +
+                                 std::to_string(width) + " chunk " + std::to_string(chunk));
+                    std::vector<int32_t> narrow(expected.size());
+                    kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
+                                                           stride, pad, chunk, nchw(narrow.data(), w_shape));
+                    EXPECT_EQ(narrow, pairs);
+                }
             }
-            std::vector<int32_t> pairs(expected.size());
-            kernels::conv_backward_weight(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab, stride, pad,
-                                          nchw(pairs.data(), w_shape));
-            EXPECT_EQ(std::vector<int64_t>(pairs.begin(), pairs.end()), expected) << "K" << K << " s" << stride;
-            for (int chunk : {1, 2, 4, 5, 16}) {
-                SCOPED_TRACE("K" + std::to_string(K) + " s" + std::to_string(stride) + " chunk " +
-                             std::to_string(chunk));
-                std::vector<int32_t> narrow(expected.size());
-                kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
-                                                       stride, pad, chunk, nchw(narrow.data(), w_shape));
-                EXPECT_EQ(narrow, pairs);
-            }
-        }
     }
 }
 
