@@ -11,8 +11,8 @@
 // samples whose shifted sums cannot leave int32, and scales each run's total once, in double:
 // dW = sum over runs of total * error_base(o) * input_base(c) (runtime/conv.cpp). Against
 // scaling every sample's sum in double, this is one int32 shift and add per sample and output
-// instead of a conversion, two multiplies and a double add (a fifth of the kernel's time on 8x8
-// maps, whose samples have only 64 positions each).
+// instead of a conversion, two multiplies and a double add: +18% on 8x8 maps, whose samples
+// have only 64 positions each (docs/PERFORMANCE.md, session 10).
 // Operands are packed as pairs of consecutive x positions for 2-term dot products. The input
 // is packed once, split into `stride` column phases: column m of phase f holds input column
 // m s + f - p, so the pair of inputs that meets the errors at (x, x + 1) through tap kx,
