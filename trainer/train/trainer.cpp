@@ -260,7 +260,11 @@ LoadedModel load_model(const std::string &path, const Shape &image_shape, int cl
                 fmt::format("{}: a {} run has no formats to replace", path, m.config.precision));
         if (!inference.a_format.empty()) m.config.a_format = inference.a_format;
         if (!inference.w_format.empty()) m.config.w_format = inference.w_format;
-        m.config.validate();
+        try {
+            m.config.validate();
+        } catch (const std::invalid_argument &e) {
+            throw std::invalid_argument(fmt::format("{}: inference formats: {}", path, e.what()));
+        }
     }
     m.network = std::make_unique<nn::Network>(m.config.model, image_shape, classes, m.config.policy(), m.config.seed);
     restore_network(*m.network, c, path);

@@ -70,7 +70,7 @@ struct LoadedModel {
     std::unique_ptr<nn::Network> network;
 };
 // Formats to run a trained network's inference in instead of those it trained with (empty:
-// the trained one), e.g. method.md section 5's double-width deployment (`double_width`).
+// the trained one), e.g. method.md section 5's double-width deployment (double_width_formats).
 struct InferenceFormats {
     std::string a_format, w_format;
 };
