@@ -45,6 +45,7 @@ void define_packed_operands(ConvWeightPipeline &p, Func errors, const Input &inp
     p.packed_input(column / stride, column % stride, p.interior.y + pad, c, n) =
         cast(input_type, input(p.interior.x, p.interior.y, c, n));
     p.stride = stride;
+    p.out_width = out_w;
 }
 
 // The shared algorithm: operand is the packed type, acc the per-sample sum's.
@@ -53,7 +54,6 @@ void define_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &inp
                             const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type operand,
                             Type acc) {
     define_packed_operands(p, errors, input, out_w, stride, pad, operand, operand);
-    p.out_width = out_w;
     const int g = p.group;
     p.positions = RDom({{0, g}, {0, (out_w + g - 1) / g}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
@@ -74,7 +74,6 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
                                    const Expr &chunk) {
     p.group = 4;
     define_packed_operands(p, errors, input, out_w, stride, pad, Int(8), UInt(8));
-    p.out_width = out_w;
     p.positions = RDom({{0, 2}, {0, (out_w + 3) / 4}, {0, chunk}}, "positions");
     p.chunks = RDom(0, (out_h + chunk - 1) / chunk, "chunks");
     const RDom &r = p.positions;
