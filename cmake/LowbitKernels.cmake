@@ -19,6 +19,20 @@
 
 set(LOWBIT_TARGET_avx512_vnni
     x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_sapphirerapids-avx512_skylake-f16c-fma-sse41)
+# Halide 14 compiles the avx512_sapphirerapids feature (the only one that selects vpdpbusd)
+# with LLVM's -mcpu=sapphirerapids, which lets the backend use AVX512-FP16 (vmovw for 16-bit
+# moves) and AVX-VNNI encodings. Halide's run-time check for the feature (and so our
+# dispatcher) verifies only the Cannon Lake AVX-512 set, VNNI and BF16: AMD Zen 4 passes it and
+# lacks FP16, and the variant faulted there (SIGILL). So this variant's LLVM IR, which Halide
+# has already optimized, is compiled to machine code by llc for exactly the verified set.
+set(LOWBIT_LLC_CPU_avx512_vnni -mcpu=cannonlake -mattr=+avx512vnni,+avx512bf16)
+# Halide's own code generation options (CodeGen_Internal.cpp, make_target_machine): -O3, PIC,
+# function sections, no FP contraction beyond per-instruction flags (strict_float stays strict).
+set(LOWBIT_LLC_OPTIONS -O3 -relocation-model=pic -function-sections -fp-contract=off -relax-elf-relocations=false)
+if ("avx512_vnni" IN_LIST LOWBIT_CPU_VARIANTS)
+    # Halide 14 is built on LLVM 14, and llc must read its IR.
+    find_program(LOWBIT_LLC NAMES llc-14 PATHS /usr/lib/llvm-14/bin REQUIRED)
+endif ()
 set(LOWBIT_TARGET_avx2 x86-64-linux-avx-avx2-f16c-fma-sse41)
 set(LOWBIT_TARGET_baseline x86-64-linux)
 set(LOWBIT_TARGET_cuda x86-64-linux-cuda-cuda_capability_61)
@@ -40,14 +54,34 @@ function(_lowbit_add_variant NAME VARIANT GENERATOR)
     if (runtime)
         set(use_runtime USE_RUNTIME ${runtime})
     endif ()
+    set(llc_cpu ${LOWBIT_LLC_CPU_${VARIANT}})
+    set(code_output ASSEMBLY assembly)
+    if (llc_cpu)
+        set(code_output LLVM_ASSEMBLY llvm_ir)
+    endif ()
     add_halide_library(${lib} FROM lowbit_generators
                        GENERATOR ${GENERATOR}
                        FUNCTION_NAME ${lib}
                        TARGETS ${LOWBIT_TARGET_${VARIANT}}
                        ${use_runtime}
-                       ASSEMBLY assembly
+                       ${code_output}
                        STMT stmt
                        PARAMS ${params})
+    if (llc_cpu)
+        # The library's code (and the .s the assembly tests read) from llc, in place of the
+        # object Halide wrote for -mcpu=sapphirerapids.
+        set(ir "${CMAKE_CURRENT_BINARY_DIR}/${lib}.ll")
+        set(object "${CMAKE_CURRENT_BINARY_DIR}/${lib}.llc.o")
+        set(asm "${CMAKE_CURRENT_BINARY_DIR}/${lib}.s")
+        set(llc ${LOWBIT_LLC} ${LOWBIT_LLC_OPTIONS} ${llc_cpu})
+        add_custom_command(OUTPUT "${object}" COMMAND ${llc} -filetype=obj "${ir}" -o "${object}"
+                           DEPENDS "${ir}" VERBATIM)
+        add_custom_command(OUTPUT "${asm}" COMMAND ${llc} -filetype=asm "${ir}" -o "${asm}"
+                           DEPENDS "${ir}" VERBATIM)
+        set_source_files_properties("${object}" PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
+        set_property(TARGET ${lib} PROPERTY SOURCES "${object}")
+        add_custom_target(${lib}.assembly ALL DEPENDS "${asm}")
+    endif ()
     if (NOT runtime)
         set_property(GLOBAL PROPERTY LOWBIT_HALIDE_RUNTIME ${lib}.runtime)
     endif ()

@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   # build
   cmake ninja-build g++ clang-format
+  # llc: the AVX-512 variants' machine code from Halide's LLVM IR (cmake/LowbitKernels.cmake)
+  llvm-14
   # Halide 14 (pulls in LLVM 14) and the AOT build's needs
   libhalide14-0-dev
   # libraries the runtime, trainer and tests use

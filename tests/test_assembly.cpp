@@ -1,8 +1,10 @@
 // The emitted assembly of the compiled variants: the AVX-512 variant's loops really run on
-// zmm registers, the AVX2 one's on ymm. Reads the .s files Halide writes beside each
-// library (cmake/LowbitKernels.cmake); LOWBIT_KERNEL_DIR is where they are.
+// zmm registers, the AVX2 one's on ymm, and the AVX-512 variant holds no instruction of an
+// extension the dispatcher does not check for. Reads the .s files written beside each library
+// (cmake/LowbitKernels.cmake); LOWBIT_KERNEL_DIR is where they are.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -79,6 +81,36 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     EXPECT_TRUE(hot_loop_uses("conv_backward_weight_unsigned_avx2.s", "vpmaddubsw", "ymm"));
     // Backward-data on AVX2: int16 narrow sums of offset (unsigned) weights times errors.
     EXPECT_TRUE(hot_loop_uses("conv_backward_data_narrow_avx2.s", "vpmaddubsw", "ymm"));
+}
+
+// The avx512_vnni variants run wherever Halide's check of its avx512_sapphirerapids feature
+// passes: the Cannon Lake AVX-512 set, VNNI and BF16 (runtime/dispatch.cpp). Sapphire Rapids
+// has more, and code generated for it used AVX512-FP16's vmovw, which faults on AMD Zen 4
+// (it passes the check): the build now generates this variant's code for the checked set
+// (cmake/LowbitKernels.cmake). Any instruction of AVX512-FP16, of the VEX-encoded AVX-VNNI
+// or of AMX in these files would again fault on some CPU the dispatcher sends there.
+TEST(Assembly, Avx512VariantsUseOnlyTheFeaturesTheDispatcherChecks) {
+    // AVX512-FP16: vmovw, vmovsh and the half-precision arithmetic (the F16C conversions
+    // vcvtph2ps / vcvtps2ph are AVX-512F and F16C); AVX-VNNI: the {vex} form of the dot
+    // products; AMX: the tile instructions.
+    const std::regex fp16(R"(^\s+(vmovw|vmovsh|v[a-z0-9]+(ph|sh))\s)"), f16c(R"(^\s+vcvt(ph2ps|ps2ph)\s)");
+    const std::regex vex(R"(\{vex\})"), amx(R"(^\s+(tile[a-z0-9]+|tdp[a-z0-9]+|ldtilecfg|sttilecfg)\s)");
+    int files = 0;
+    for (const auto &entry : std::filesystem::directory_iterator(LOWBIT_KERNEL_DIR)) {
+        const std::string name = entry.path().filename().string();
+        if (name.size() < 14 || name.compare(name.size() - 14, 14, "_avx512_vnni.s") != 0) continue;
+        files++;
+        int line_number = 0;
+        for (const std::string &line : read_lines(entry.path().string())) {
+            line_number++;
+            const bool bad = (std::regex_search(line, fp16) && !std::regex_search(line, f16c)) ||
+                             std::regex_search(line, vex) || std::regex_search(line, amx);
+            EXPECT_FALSE(bad) << name << ":" << line_number << ": " << line;
+            if (bad) break;  // one line per file says enough
+        }
+    }
+    // Every kernel family has an AVX-512 variant: quantize (6), conv (8).
+    EXPECT_GE(files, 14);
 }
 
 }  // namespace
