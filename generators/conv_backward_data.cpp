@@ -13,10 +13,11 @@
 // the samples of a dilated E, and every store is dense.
 //   integer: int8 E and W, int32 sums, dA = acc * error_scale(n) * weight_scale(c), in double.
 //            W's group scales vary along the reduction (per output channel o), so the runtime
-//            passes them as left shifts, weight_shift(o) = e_max - e_o, applied to the int16
+//            passes them as left shifts, weight_shift(o) = e_max - e_o, applied to the
 //            weights before accumulation (method.md section 4; exact while nothing overflows,
-//            which the runtime checks). The 4-term u8 x i8 path has no room for shifts: its
-//            callers pass zeros and split W into exponent classes instead.
+//            which the runtime checks). The 4-term u8 x i8 path offsets the shifted weights by
+//            +128 to uint8, so there they must stay within int8 (the runtime passes shifts
+//            only where they do, and splits W into exponent classes where not).
 //   narrow:  the same as narrow sums (pmaddubsw on AVX2, see ConvBackwardDataNarrow): the
 //            shifted weights offset to uint8, times int8 errors, int16 sums over chunks of
 //            channels, the offset's contribution subtracted.
@@ -73,12 +74,9 @@ public:
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1,
                             [&](Expr ix, Expr iy) { return pack_integer_input(e(ix, iy, o, n), g); });
-        Expr weight = pack_integer_weight(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o), g);
-        if (g == 2) {
-            Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
-            weight = weight << cast<int16_t>(shift(o));
-        }
-        p.packed_weights(j, x, y, group, k) = weight;
+        Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+        p.packed_weights(j, x, y, group, k) = pack_integer_weight(
+            cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o)), g);
         Expr sum = define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, e, errors.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);
         sum = interleave_phases(p, sum, phases);

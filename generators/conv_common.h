@@ -100,7 +100,8 @@ inline Func channel_bounded(const Func &source, const Expr &channels, const Expr
 }
 
 // Packs int8 operands for an integer correlation of dot width p.group: inputs stay int8 (as
-// int16 for pairs), weights get +128 as uint8 for 4-term dot products.
+// int16 for pairs), weights (int16, possibly shifted) get +128 as uint8 for 4-term dot
+// products, which holds them exactly while they lie within int8.
 inline Expr pack_integer_input(const Expr &value, int group) {
     return group == 4 ? cast<int8_t>(value) : cast<int16_t>(value);
 }

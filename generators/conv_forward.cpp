@@ -6,10 +6,11 @@
 //            channel vary along the reduction (over c): the runtime passes their group
 //            factors as left shifts of the weights, weight_shift(c) = e_max - e_c, applied before
 //            accumulation (method.md section 4; exact while nothing overflows, which the
-//            runtime checks), and one scale S 2^-e_max / qmax. The 4-term path's weights
-//            (offset by +128 to uint8) have no room for shifts: its callers pass zeros and split
-//            the activations into exponent classes instead (runtime/conv.cpp), as they do for
-//            any other group structure that varies along the reduction.
+//            runtime checks), and one scale S 2^-e_max / qmax. The 4-term path offsets the
+//            shifted weights by +128 to uint8, so there they must stay within int8; where they
+//            do not, the runtime splits the activations into exponent classes instead
+//            (runtime/conv.cpp), as it does for any other group structure that varies along
+//            the reduction.
 //   unsigned: the same on inputs known to be >= 0, as uint8 (no offset; int16 narrow sums
 //            on AVX2, see ConvForwardUnsigned).
 //   float:   the same correlation on float32 operands, the float32 baseline.
@@ -41,7 +42,7 @@ public:
     Input<Buffer<int8_t, 4>> weights{"weights"};             // (kx, ky, c, o)
     Input<Buffer<double, 1>> input_scale{"input_scale"};     // (n)
     Input<Buffer<double, 1>> weight_scale{"weight_scale"};   // (o)
-    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (c); zeros for the 4-term path
+    Input<Buffer<uint8_t, 1>> weight_shift{"weight_shift"};  // (c); 4-term: shifted W within int8
     Input<int> stride{"stride"};
     Input<int> pad{"pad"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, o, n)
@@ -54,12 +55,9 @@ public:
         const Expr c = channel_in_group(group, j, g);
         define_padded_input(p, input.dim(0).extent(), input.dim(1).extent(), pad, pad, stride,
                             [&](Expr ix, Expr iy) { return pack_integer_input(a(ix, iy, c, n), g); });
-        Expr weight = pack_integer_weight(w(x, y, c, k), g);
-        if (g == 2) {
-            Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
-            weight = weight << cast<int16_t>(shift(c));
-        }
-        p.packed_weights(j, x, y, group, k) = weight;
+        Func shift = BoundaryConditions::constant_exterior(weight_shift, cast<uint8_t>(0));
+        p.packed_weights(j, x, y, group, k) =
+            pack_integer_weight(cast<int16_t>(w(x, y, c, k)) << cast<int16_t>(shift(c)), g);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr sum = define_correlation(p, kernel_x, kernel_y, input.dim(2).extent(), Int(32));
         if (g == 4) sum -= define_offset_correction(p, a, input.dim(2).extent(), kernel_x, kernel_y, kWeightOffset4);

@@ -177,15 +177,27 @@ std::optional<int> shifts_below_largest_exponent(const std::vector<uint8_t> &exp
     return highest;
 }
 
+// The largest shifted weight a kernel holds exactly: int16 for the pairs, int8 for the 4-term
+// u8 x i8 variant (VNNI), which offsets its weights by +128 to uint8.
+int64_t largest_shifted_weight(bool four_term) {
+    return four_term ? std::numeric_limits<int8_t>::max() : std::numeric_limits<int16_t>::max();
+}
+
+// Whether `terms` products of |q| <= qmax with weights of |w| <= largest_weight (shifted) sum
+// within int32, the 4-term variant's offset of the weights included.
+bool shifted_sum_fits(int64_t terms, int64_t qmax, int64_t largest_weight, bool four_term) {
+    return terms * qmax * (largest_weight + (four_term ? 128 : 0)) < (int64_t{1} << 31);
+}
+
 // Backward-data reduces over the weights' output channels, along which their group scales
-// vary. The int16-pair kernels apply them as shifts of the weights (above): one pass, one
-// scale S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do
-// not apply: weights not grouped per output channel, the 4-term u8 x i8 variant (int8
-// weights, no room: `four_term`), a shifted weight past int16, or a sum that could pass
-// int32. Then the caller splits W into exponent classes, one pass each.
+// vary. The kernels apply them as shifts of the weights (above): one pass, one scale
+// S 2^-e_max / qmax. Returns that piece and fills `shifts`, or nothing where shifts do not
+// apply: weights not grouped per output channel, a shifted weight past what the kernel holds
+// (largest_shifted_weight), or a sum that could pass int32. Then the caller splits W into
+// exponent classes, one pass each.
 std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const QuantizedTensor &weights, int64_t terms,
                                      bool four_term, std::vector<uint8_t> &shifts) {
-    if (grouped_axis(weights) != 0 || weights.group_exponents.empty() || four_term) return std::nullopt;
+    if (grouped_axis(weights) != 0 || weights.group_exponents.empty()) return std::nullopt;
     const size_t per_channel = weights.values.size() / shifts.size();
     std::vector<bool> nonzero(shifts.size());
     for (size_t o = 0; o < shifts.size(); o++) {
@@ -195,7 +207,8 @@ std::optional<Piece> shifted_weights(const QuantizedTensor &errors, const Quanti
     const std::optional<int> highest = shifts_below_largest_exponent(weights.group_exponents, nonzero, shifts);
     if (!highest) return std::nullopt;
     const int64_t largest = int64_t(weights.format.qmax()) << *std::max_element(shifts.begin(), shifts.end());
-    if (largest > std::numeric_limits<int16_t>::max() || terms * errors.format.qmax() * largest >= (int64_t{1} << 31)) {
+    if (largest > largest_shifted_weight(four_term) ||
+        !shifted_sum_fits(terms, errors.format.qmax(), largest, four_term)) {
         std::fill(shifts.begin(), shifts.end(), 0);
         return std::nullopt;
     }
@@ -506,23 +519,25 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
     check_no_overflow(terms, input, weights, "conv_forward");
     // Activations grouped per channel: one pass on weights shifted per input channel where
     // the kernel that runs has room (see shifted_input_channels), else exponent classes.
-    // Unsigned inputs take the uint8 kernel where its weights fit int8 and its int16 sums fit
-    // (see narrow_chunk); the int16-pair kernel takes shifted weights too, the 4-term signed
-    // one (VNNI, weights offset to uint8) does not.
+    // Unsigned inputs take the uint8 kernel where its weights fit int8 and, on the narrow-sum
+    // kernels (not VNNI, whose 4-term dot products sum straight into int32), its int16 sums fit
+    // (see narrow_chunk); the signed kernels take shifted weights within int16 (pairs) or int8
+    // (4-term, weights offset to uint8).
     const bool four_term = kernels::conv_forward.selected_isa() == Isa::avx512_vnni;
     std::vector<uint8_t> shifts(size_t(C), 0);
     std::vector<Piece> input_pieces;
     auto unsigned_chunk = [&](int64_t largest_weight) {
         if (input.format.has_sign || largest_weight > std::numeric_limits<int8_t>::max()) return 0;
-        return narrow_chunk(C, K * K, qmax_a * largest_weight);
+        if (!shifted_sum_fits(terms, qmax_a, largest_weight, false)) return 0;
+        return four_term ? 1 : narrow_chunk(C, K * K, qmax_a * largest_weight);
     };
     int chunk = unsigned_chunk(weights.format.qmax());
     if (auto shifted = shifted_input_channels(input, shifts)) {
         const int64_t largest_weight = weights.format.qmax() << *std::max_element(shifts.begin(), shifts.end());
-        const bool pairs_fit = !four_term && largest_weight <= std::numeric_limits<int16_t>::max() &&
-                               terms * qmax_a * largest_weight < (int64_t{1} << 31);
+        const bool signed_fit = largest_weight <= largest_shifted_weight(four_term) &&
+                                shifted_sum_fits(terms, qmax_a, largest_weight, four_term);
         const int shifted_chunk = unsigned_chunk(largest_weight);
-        if (shifted_chunk > 0 || pairs_fit) {
+        if (shifted_chunk > 0 || signed_fit) {
             chunk = shifted_chunk;
             input_pieces.push_back(std::move(*shifted));
         }
@@ -569,7 +584,7 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
     const Shape &input_shape = out.shape();
     const int64_t N = input_shape[0], C = input_shape[1], O = weights.shape[0], K = weights.shape[2];
     check_no_overflow(O * K * K, errors, weights, "conv_backward_data");
-    // The 4-term u8 x i8 variant (VNNI) takes neither weight shifts nor narrow sums.
+    // The 4-term u8 x i8 variant (VNNI) takes shifts within int8 and no narrow sums.
     const bool four_term = kernels::conv_backward_data.selected_isa() == Isa::avx512_vnni;
     std::vector<uint8_t> shifts(size_t(O), 0);
     std::vector<Piece> weight_pieces;

@@ -268,88 +268,140 @@ TEST(IntegerConv, EveryGroupAxisAndFormat) {
 }
 
 // Backward-data reduces over the weights' output channels, whose group exponents become left
-// shifts of the int16 weights (one pass) where they fit, exponent classes (a pass each) where
-// they do not: both against the float64 reference, with channel magnitudes spread over 2^0 to
-// 2^-5 (shifts up to 5) and, at 8 bits with 4-bit group exponents, 2^0 to 2^-5 and 2^0 to
-// 2^-11 (past int16). One channel is all zero: its exponent (2^G - 1, 15 at G = 4) must not
-// widen the shifts.
+// shifts of the weights (one pass) where the kernel that runs holds the shifted weights, and
+// exponent classes (a pass each) where it does not: int16 on AVX2 and baseline (pairs, or
+// uint8 after an offset for narrow sums), int8 on AVX-512 VNNI (offset by +128 to uint8).
+// Each variant the CPU runs, against the float64 reference, with channel magnitudes spread
+// over 2^0 to 2^-spread: 3-bit weights shifted by up to 4 (int8 everywhere) and 5 (past int8),
+// 8-bit ones with 4-bit group exponents by up to 5 (int16) and 11 (past int16). One channel is
+// all zero: its exponent (2^G - 1, 15 at G = 4) must not widen the shifts. The kernel calls
+// show which path ran.
 TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
-    for (const auto &[w_format, spread] :
-         {std::pair<const char *, int>{"m3e0/g3/channel", 5}, {"m7e0/g4/channel", 5}, {"m7e0/g4/channel", 11}}) {
-        SCOPED_TRACE(w_format);
-        const ConvShape s = make_shape(3, 5, 7, 13, 3, 2);
-        const ConvGeometry g{int(s.stride), int(s.pad)};
-        const Shape w_shape = {s.O, s.C, s.K, s.K}, e_shape = {s.N, s.O, s.out_h(), s.out_w()};
-        Tensor w_float = random_tensor(w_shape, 31);
-        const int64_t per_channel = s.C * s.K * s.K;
-        // An all-zero channel: the largest group exponent, which must not widen the shifts.
-        std::fill(w_float.data() + 3 * per_channel, w_float.data() + 4 * per_channel, 0.0f);
-        for (int64_t k = 0; k < w_float.numel(); k++)
-            w_float[k] = std::ldexp(w_float[k], -int((k / per_channel) % (spread + 1)));
-        const QuantizedTensor w =
-            quantize(w_float, parse_format(w_format), Rounding::nearest, 0, 0, 1, TensorRole::weight);
-        const QuantizedTensor e = quantize(random_tensor(e_shape, 32), parse_format("m3e0/g3/sample"),
-                                           Rounding::stochastic, 7, 0, 2, TensorRole::error);
-        // The groups really do differ that much (random maxima may lose one step).
-        const auto [lowest, highest] = std::minmax_element(w.group_exponents.begin(), w.group_exponents.end());
-        EXPECT_GE(*highest - *lowest, spread - 1);
-        const std::vector<double> wv = dequantized(w), ev = dequantized(e);
-        expect_close(conv_backward_data(e, w, {s.N, s.C, s.H, s.W}, g), reference::conv_backward_data(s, ev, wv),
-                     reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
+    constexpr int64_t classes = -1;  // more than one call: one per exponent class
+    struct Spread {
+        const char *w_format;
+        int spread;
+        int64_t pairs_calls, four_term_calls;  // AVX2 / baseline, AVX-512 VNNI
+    };
+    const std::vector<Spread> spreads = {{"m3e0/g3/channel", 4, 1, 1},
+                                         {"m3e0/g3/channel", 5, 1, classes},
+                                         {"m7e0/g4/channel", 5, 1, classes},
+                                         {"m7e0/g4/channel", 11, classes, classes}};
+    const ConvShape s = make_shape(3, 5, 7, 13, 3, 2);
+    const int64_t zero_channel = 3;
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (!cpu_supports(isa)) continue;
+        force_isa(isa);
+        for (const Spread &c : spreads) {
+            SCOPED_TRACE(std::string(to_string(isa)) + " " + c.w_format + " spread " + std::to_string(c.spread));
+            const ConvGeometry g{int(s.stride), int(s.pad)};
+            const Shape w_shape = {s.O, s.C, s.K, s.K}, e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+            Tensor w_float = random_tensor(w_shape, 31);
+            const int64_t per_channel = s.C * s.K * s.K;
+            std::fill(w_float.data() + zero_channel * per_channel, w_float.data() + (zero_channel + 1) * per_channel,
+                      0.0f);
+            // Channel o's largest magnitude exactly 2^-(o mod (spread + 1)): its group exponent.
+            for (int64_t o = 0; o < s.O; o++) {
+                float *channel = w_float.data() + o * per_channel;
+                const float largest = std::abs(*std::max_element(
+                    channel, channel + per_channel, [](float x, float y) { return std::abs(x) < std::abs(y); }));
+                if (largest == 0) continue;
+                for (int64_t k = 0; k < per_channel; k++)
+                    channel[k] = std::ldexp(channel[k] / largest, -int(o % (c.spread + 1)));
+            }
+            const QuantizedTensor w =
+                quantize(w_float, parse_format(c.w_format), Rounding::nearest, 0, 0, 1, TensorRole::weight);
+            const QuantizedTensor e = quantize(random_tensor(e_shape, 32), parse_format("m3e0/g3/sample"),
+                                               Rounding::stochastic, 7, 0, 2, TensorRole::error);
+            // The groups differ by exactly the spread (the kernel calls depend on it).
+            std::vector<uint8_t> used = w.group_exponents;
+            used.erase(used.begin() + zero_channel);
+            const auto [lowest, highest] = std::minmax_element(used.begin(), used.end());
+            EXPECT_EQ(*highest - *lowest, c.spread);
+            const std::vector<double> wv = dequantized(w), ev = dequantized(e);
+            const uint64_t before = kernels::conv_backward_data.calls() + kernels::conv_backward_data_narrow.calls();
+            expect_close(conv_backward_data(e, w, {s.N, s.C, s.H, s.W}, g), reference::conv_backward_data(s, ev, wv),
+                         reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
+            const int64_t calls =
+                int64_t(kernels::conv_backward_data.calls() + kernels::conv_backward_data_narrow.calls() - before);
+            const int64_t expected = isa == Isa::avx512_vnni ? c.four_term_calls : c.pairs_calls;
+            if (expected == classes) {
+                EXPECT_GT(calls, 1);
+            } else {
+                EXPECT_EQ(calls, expected);
+            }
+        }
     }
+    force_isa(std::nullopt);
 }
 
 // Forward reduces over the input's channels: activations grouped per channel become one pass
-// on weights shifted per input channel, on the uint8 kernel where the shifted weights fit int8
-// (shifts up to 4 with 3-bit weights), on the int16-pair kernel where they fit int16, and
-// exponent classes (a pass each) where they do not (8-bit weights shifted by up to 11). Each
-// against the float64 reference, with channel magnitudes spread over 2^0 to 2^-spread and
-// one all-zero channel (a ReLU-silenced one: the cap exponent, which must not widen the
-// shifts). The kernel calls show which path ran.
+// on weights shifted per input channel where the kernel that runs holds the shifted weights,
+// and exponent classes (a pass each) where it does not. AVX2 and baseline: the uint8 kernel
+// where they fit int8 (shifts up to 4 with 3-bit weights), the int16-pair kernel where they
+// fit int16; AVX-512 VNNI: the uint8 or the 4-term signed kernel (weights offset to uint8),
+// both where they fit int8. 8-bit weights shifted by up to 11 fit nowhere. Each variant the
+// CPU runs, against the float64 reference, with channel magnitudes spread over 2^0 to
+// 2^-spread and one all-zero channel (a ReLU-silenced one: the cap exponent, which must not
+// widen the shifts). The kernel calls show which path ran.
 TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
+    constexpr int64_t classes = -1;  // more than one call: one per exponent class
+    struct Calls {
+        int64_t unsigned_kernel, signed_kernel;
+    };
     struct Spread {
         const char *a_format, *w_format;
         int spread;
-        int64_t unsigned_calls, pair_calls;  // expected kernel calls (classes: one per exponent)
+        Calls pairs, four_term;  // expected calls on AVX2 / baseline and on AVX-512 VNNI
     };
     const ConvShape s = make_shape(3, 9, 7, 5, 3, 1);
-    for (const Spread &c :
-         {Spread{"um4e0/g3/channel", "m3e0/g3/channel", 3, 1, 0},
-          Spread{"um4e0/g3/channel", "m3e0/g3/channel", 6, 0, 1}, Spread{"m3e0/g3/channel", "m3e0/g3/channel", 5, 0, 1},
-          Spread{"m7e0/g4/channel", "m7e0/g3/channel", 11, 0, -1}}) {
-        SCOPED_TRACE(std::string(c.a_format) + " spread " + std::to_string(c.spread));
-        const ConvGeometry g{int(s.stride), int(s.pad)};
-        const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
-        const Format a_format = parse_format(c.a_format);
-        Tensor a_float = random_tensor(a_shape, 41, !a_format.has_sign);
-        const int64_t plane = s.H * s.W;
-        for (int64_t k = 0; k < a_float.numel(); k++) {
-            const int64_t channel = (k / plane) % s.C;
-            a_float[k] = channel == 4 ? 0.0f : std::ldexp(a_float[k], -int(channel * c.spread / (s.C - 1)));
-        }
-        const QuantizedTensor a = quantize(a_float, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
-        const QuantizedTensor w = quantize(random_tensor(w_shape, 42), parse_format(c.w_format), Rounding::nearest, 0,
-                                           0, 1, TensorRole::weight);
-        // The groups really do differ that much (random maxima may lose one step).
-        std::vector<uint8_t> used;
-        for (int64_t ch = 0; ch < s.C; ch++)
-            if (ch != 4) used.push_back(a.group_exponents[size_t(ch)]);
-        const auto [lowest, highest] = std::minmax_element(used.begin(), used.end());
-        EXPECT_GE(*highest - *lowest, c.spread - 1);
-        const std::vector<double> av = dequantized(a), wv = dequantized(w);
-        const int64_t unsigned_before = int64_t(kernels::conv_forward_unsigned.calls()),
-                      pairs_before = int64_t(kernels::conv_forward.calls());
-        expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
-                     reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
-        if (kernels::conv_forward.selected_isa() == Isa::avx512_vnni) continue;  // 4-term: no shifts
-        EXPECT_EQ(int64_t(kernels::conv_forward_unsigned.calls()) - unsigned_before, c.unsigned_calls);
-        const int64_t pair_calls = int64_t(kernels::conv_forward.calls()) - pairs_before;
-        if (c.pair_calls >= 0) {
-            EXPECT_EQ(pair_calls, c.pair_calls);
+    const std::vector<Spread> spreads = {{"um4e0/g3/channel", "m3e0/g3/channel", 3, {1, 0}, {1, 0}},
+                                         {"um4e0/g3/channel", "m3e0/g3/channel", 6, {0, 1}, {classes, 0}},
+                                         {"m3e0/g3/channel", "m3e0/g3/channel", 4, {0, 1}, {0, 1}},
+                                         {"m3e0/g3/channel", "m3e0/g3/channel", 5, {0, 1}, {0, classes}},
+                                         {"m7e0/g4/channel", "m7e0/g3/channel", 11, {0, classes}, {0, classes}}};
+    auto expect_calls = [](int64_t calls, int64_t expected, const char *kernel) {
+        if (expected == classes) {
+            EXPECT_GT(calls, 1) << kernel;
         } else {
-            EXPECT_GT(pair_calls, 1);  // exponent classes
+            EXPECT_EQ(calls, expected) << kernel;
+        }
+    };
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (!cpu_supports(isa)) continue;
+        force_isa(isa);
+        for (const Spread &c : spreads) {
+            SCOPED_TRACE(std::string(to_string(isa)) + " " + c.a_format + " spread " + std::to_string(c.spread));
+            const ConvGeometry g{int(s.stride), int(s.pad)};
+            const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
+            const Format a_format = parse_format(c.a_format);
+            Tensor a_float = random_tensor(a_shape, 41, !a_format.has_sign);
+            const int64_t plane = s.H * s.W;
+            for (int64_t k = 0; k < a_float.numel(); k++) {
+                const int64_t channel = (k / plane) % s.C;
+                a_float[k] = channel == 4 ? 0.0f : std::ldexp(a_float[k], -int(channel * c.spread / (s.C - 1)));
+            }
+            const QuantizedTensor a = quantize(a_float, a_format, Rounding::nearest, 0, 0, 0, TensorRole::activation);
+            const QuantizedTensor w = quantize(random_tensor(w_shape, 42), parse_format(c.w_format), Rounding::nearest,
+                                               0, 0, 1, TensorRole::weight);
+            // The groups differ by exactly the spread (the kernel calls depend on it).
+            std::vector<uint8_t> used;
+            for (int64_t ch = 0; ch < s.C; ch++)
+                if (ch != 4) used.push_back(a.group_exponents[size_t(ch)]);
+            const auto [lowest, highest] = std::minmax_element(used.begin(), used.end());
+            EXPECT_EQ(*highest - *lowest, c.spread);
+            const std::vector<double> av = dequantized(a), wv = dequantized(w);
+            const int64_t unsigned_before = int64_t(kernels::conv_forward_unsigned.calls()),
+                          signed_before = int64_t(kernels::conv_forward.calls());
+            expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
+                         reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
+            const Calls expected = isa == Isa::avx512_vnni ? c.four_term : c.pairs;
+            expect_calls(int64_t(kernels::conv_forward_unsigned.calls()) - unsigned_before, expected.unsigned_kernel,
+                         "unsigned");
+            expect_calls(int64_t(kernels::conv_forward.calls()) - signed_before, expected.signed_kernel, "signed");
         }
     }
+    force_isa(std::nullopt);
 }
 
 TEST(IntegerConv, BatchOf128) {
