@@ -48,12 +48,13 @@ void define_packed_operands(ConvWeightPipeline &p, Func errors, const Input &inp
     p.out_width = out_w;
 }
 
-// The shared algorithm: operand is the packed type, acc the per-sample sum's.
+// The shared algorithm over groups of p.group positions: the errors and the input packed as
+// error_type and input_type, acc the per-sample sum's type.
 template <class Input>
 void define_weight_gradient(ConvWeightPipeline &p, Func errors, const Input &input, const Expr &out_w,
-                            const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type operand,
-                            Type acc) {
-    define_packed_operands(p, errors, input, out_w, stride, pad, operand, operand);
+                            const Expr &out_h, const Expr &batch, const Expr &stride, const Expr &pad, Type error_type,
+                            Type input_type, Type acc) {
+    define_packed_operands(p, errors, input, out_w, stride, pad, error_type, input_type);
     const int g = p.group;
     p.positions = RDom({{0, g}, {0, (out_w + g - 1) / g}, {0, out_h}}, "positions");
     const RDom &r = p.positions;
@@ -132,7 +133,7 @@ public:
     void generate() {
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
-                               stride, pad, Int(16), Int(32));
+                               stride, pad, Int(16), Int(16), Int(32));
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         define_shifted_total(p, error_shift, input_shift, output);
         set_weight_gradient_estimates(*this);
@@ -144,10 +145,11 @@ private:
     ConvWeightPipeline p;
 };
 
-// The same on unsigned inputs (activations in an unsigned format): narrow sums of uint8
-// inputs times int8 errors (pmaddubsw on AVX2) over `chunk` rows of output positions, which
-// the runtime picks so that no int16 sum can overflow. The other targets run the same
-// algorithm (narrow sums are exact everywhere); only AVX2 is tuned for it.
+// The same on unsigned inputs (activations in an unsigned format): uint8 inputs times int8
+// errors. With 4-term dot products (AVX-512 VNNI: vpdpbusd) in groups of 4 x positions,
+// straight into the int32 per-sample sums; elsewhere as narrow sums (pmaddubsw on AVX2) over
+// `chunk` rows of output positions, which the runtime picks so that no int16 sum can overflow
+// (the 4-term path ignores it). Narrow sums are exact on every target.
 class ConvBackwardWeightUnsigned : public Generator<ConvBackwardWeightUnsigned> {
 public:
     LOWBIT_CONV_KNOBS
@@ -162,8 +164,14 @@ public:
 
     void generate() {
         Func e = BoundaryConditions::constant_exterior(errors, cast<int8_t>(0));
-        define_narrow_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(),
-                                      errors.dim(3).extent(), stride, pad, chunk);
+        if (dot_width(get_target(), dot) == 4 && !get_target().has_gpu_feature()) {
+            p.group = 4;
+            define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
+                                   stride, pad, Int(8), UInt(8), Int(32));
+        } else {
+            define_narrow_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(),
+                                          errors.dim(3).extent(), stride, pad, chunk);
+        }
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         define_shifted_total(p, error_shift, input_shift, output);
         set_weight_gradient_estimates(*this);
@@ -189,7 +197,7 @@ public:
         p.group = 1;
         Func e = BoundaryConditions::constant_exterior(errors, 0.0f);
         define_weight_gradient(p, e, input, errors.dim(0).extent(), errors.dim(1).extent(), errors.dim(3).extent(),
-                               stride, pad, Float(32), Float(32));
+                               stride, pad, Float(32), Float(32), Float(32));
         p.input_stride_x = any_x_stride(input);  // the pixels a 1x1 strided layer reads
         Var kx = p.kx, ky = p.ky, c = p.c, o = p.o;
         const RDom &rn = p.samples;

@@ -747,8 +747,12 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
     // One sample's sum runs over its output positions; the kernels shift and add the samples'
     // sums in int32, over runs of samples that cannot overflow (weight_gradient_runs).
     check_no_overflow(positions, errors, input, "conv_backward_weight (per sample)");
-    // Unsigned inputs take the uint8 kernel where its int16 sums fit (see narrow_rows).
-    const int chunk = input.format.has_sign ? 0 : narrow_rows(out_shape[3], out_shape[2], input.format, errors.format);
+    // Unsigned inputs take the uint8 kernel: on VNNI always (4-term dot products into int32),
+    // elsewhere where its int16 narrow sums fit (see narrow_rows).
+    const bool four_term = kernels::conv_backward_weight_unsigned.selected_isa() == Isa::avx512_vnni;
+    const int chunk = input.format.has_sign ? 0
+                      : four_term           ? 1
+                                            : narrow_rows(out_shape[3], out_shape[2], input.format, errors.format);
     const double largest_sum = double(positions) * double(errors.format.qmax()) * double(input.format.qmax());
     // 1x1 strided: stride 1 on a view of the pixels it reads.
     const bool view = strided_pointwise(w_shape, g);
