@@ -25,8 +25,9 @@ Isa parse_isa(const std::string &name);
 bool cpu_supports(Isa isa);
 // The best variant this CPU runs, ignoring any forcing.
 Isa best_isa();
-// Forces every kernel to one variant (std::nullopt: pick the best). Throws if the CPU cannot
-// run it. Initially read from LOWBIT_ISA when set.
+// Forces every kernel to one variant (std::nullopt: pick the best); a kernel compiled without
+// it runs its best variant below it (Isa lists them best first). Throws if the CPU cannot run
+// the forced variant. Initially read from LOWBIT_ISA when set.
 void force_isa(std::optional<Isa> isa);
 std::optional<Isa> forced_isa();
 
