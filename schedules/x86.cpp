@@ -181,7 +181,10 @@ namespace lowbit::schedules::x86 {
 // 68-108 G MAC/s (0.41-0.76 of the vpmaddubsw peak measured in the same run, 2.1-3.4x
 // PyTorch float32), backward-data (narrow sums on offset weights) 68-104 at stride 1
 // (0.41-0.63), 27-39 at stride 2; float32 forward 23-50 (0.28-0.60 of the FMA peak).
-// AVX-512 VNNI: not measured (no such CPU at hand).
+// AVX-512 VNNI variant (AMD Zen 4, 2 threads, session 11, the tiles of schedules/tuned/):
+// integer forward (4-term vpdpbusd) 158-314 G MAC/s on the 3x3 layers, 0.34-0.67 of the
+// vpdpbusd peak measured in the same run, 1.8-5.9x PyTorch float32; backward-data 100-250
+// (0.22-0.54); float32 forward 53-79.
 //   - each thread takes (output-channel tile, sample) pairs;
 //   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
 //     channels); the accumulators of one tile live in registers for the whole reduction
@@ -330,6 +333,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
 // Measured (AVX2, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8, a fast
 // hour): integer on unsigned activations (narrow sums) 44-99 G MAC/s (0.33-0.60 of the
 // vpmaddubsw peak measured in the same run, 1.1-5.3x PyTorch float32), float32 12-38.
+// AVX-512 VNNI (Zen 4, session 11; unsigned inputs as 4-term vpdpbusd over groups of 4 x):
+// 89-258 G MAC/s (0.19-0.55 of the vpdpbusd peak, 1.1-2.8x PyTorch), float32 41-77.
 // Weight gradients: each thread takes (o tile, task_channel_tiles c tiles) tasks and runs
 // over all samples, each sample's c tiles in turn (so its error slice, loaded once, serves
 // them all); per sample and kernel offset, a register tile of (tile_x vectors of output channels) x
