@@ -94,6 +94,14 @@ Isa best_isa() {
     return Isa::baseline;
 }
 
+std::vector<Isa> supported_isas() {
+    std::vector<Isa> isas;
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (cpu_supports(isa)) isas.push_back(isa);
+    }
+    return isas;
+}
+
 void force_isa(std::optional<Isa> isa) {
     if (isa && !cpu_supports(*isa)) {
         throw std::invalid_argument(fmt::format("this CPU cannot run the {} variant", to_string(*isa)));

@@ -25,6 +25,8 @@ Isa parse_isa(const std::string &name);
 bool cpu_supports(Isa isa);
 // The best variant this CPU runs, ignoring any forcing.
 Isa best_isa();
+// Every variant this CPU runs, best first (to force each in turn: tests, benchmarks).
+std::vector<Isa> supported_isas();
 // Forces every kernel to one variant (std::nullopt: pick the best); a kernel compiled without
 // it runs its best variant below it (Isa lists them best first). Throws if the CPU cannot run
 // the forced variant. Initially read from LOWBIT_ISA when set.

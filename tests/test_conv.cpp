@@ -289,8 +289,7 @@ TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
                                          {"m7e0/g4/channel", 11, classes, classes}};
     const ConvShape s = make_shape(3, 5, 7, 13, 3, 2);
     const int64_t zero_channel = 3;
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
-        if (!cpu_supports(isa)) continue;
+    for (Isa isa : supported_isas()) {
         force_isa(isa);
         for (const Spread &c : spreads) {
             SCOPED_TRACE(std::string(to_string(isa)) + " " + c.w_format + " spread " + std::to_string(c.spread));
@@ -367,8 +366,7 @@ TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
             EXPECT_EQ(calls, expected) << kernel;
         }
     };
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
-        if (!cpu_supports(isa)) continue;
+    for (Isa isa : supported_isas()) {
         force_isa(isa);
         for (const Spread &c : spreads) {
             SCOPED_TRACE(std::string(to_string(isa)) + " " + c.a_format + " spread " + std::to_string(c.spread));
@@ -480,8 +478,7 @@ void check_variants_agree(const char *a_format) {
         quantize(random_tensor({s.N, s.O, s.out_h(), s.out_w()}, 7), parse_format("m2e1/g3/sample"),
                  Rounding::stochastic, 1, 0, 0, TensorRole::error);
     std::vector<std::vector<float>> first;
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
-        if (!cpu_supports(isa)) continue;
+    for (Isa isa : supported_isas()) {
         force_isa(isa);
         for (int threads : {1, 2}) {
             set_num_threads(threads);

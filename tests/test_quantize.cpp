@@ -289,10 +289,7 @@ TEST(StochasticRounding, DependsOnSeedStepAndTensorIdOnly) {
 TEST(Determinism, ThreadsAndVariantsGiveIdenticalResults) {
     DispatchGuard guard;
     const Tensor x = random_tensor({33, 7, 13, 11}, 17);
-    std::vector<Isa> isas;
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
-        if (cpu_supports(isa)) isas.push_back(isa);
-    }
+    const std::vector<Isa> isas = supported_isas();
     ASSERT_FALSE(isas.empty());
     std::cout << "variants this CPU runs:";
     for (Isa isa : isas) std::cout << " " << to_string(isa);
