@@ -142,8 +142,8 @@ std::string take_last_halide_error() {
 
 size_t select_variant(const char *kernel, const std::vector<Isa> &isas) {
     if (const std::optional<Isa> isa = forced()) {
-        // The forced variant, or where the kernel has none (the float32 layers are built for
-        // AVX2 and baseline only), its best variant below: each variant's features are a
+        // The forced variant, or where the kernel has none (backward-data's narrow sums are
+        // built for AVX2 and baseline only), its best variant below: each variant's features are a
         // subset of those above it, so that one runs wherever the forced one does.
         for (size_t i = 0; i < isas.size(); i++) {
             if (int(isas[i]) >= int(*isa)) return i;

@@ -796,6 +796,32 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
     }
 }
 
+// Backward-data's narrow sums are compiled for AVX2 and baseline only (VNNI runs the 4-term
+// kernel instead): forcing the AVX-512 variant (`lowbit --isa avx512_vnni`) runs their AVX2
+// one, and forcing a variant they have runs exactly it; the same bits from each.
+TEST(IntegerConv, ForcedVariantFallsBackToTheBestBelowIt) {
+    const Shape e_shape = {2, 8, 6, 5}, w_shape = {8, 3, 3, 3}, d_shape = {2, 3, 6, 5};
+    std::vector<int8_t> e(size_t(shape_numel(e_shape))), w(size_t(shape_numel(w_shape)));
+    for (size_t i = 0; i < e.size(); i++) e[i] = int8_t(int(i * 7 % 15) - 7);
+    for (size_t i = 0; i < w.size(); i++) w[i] = int8_t(int(i * 5 % 15) - 7);
+    std::vector<uint8_t> shift(8, 0);
+    std::vector<double> s2(2, 0.5), s3(3, 0.25);
+    std::vector<std::vector<float>> results;
+    for (Isa isa : supported_isas()) {
+        force_isa(isa);
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(w.data(), w_shape),
+                                           Buffer<const double>(s2.data(), 2), Buffer<const double>(s3.data(), 3),
+                                           Buffer<const uint8_t>(shift.data(), 8), 7, 1, 1, 1, 1, db, false, db);
+        EXPECT_EQ(kernels::conv_backward_data_narrow.last_isa(), isa == Isa::baseline ? Isa::baseline : Isa::avx2)
+            << to_string(isa);
+        results.emplace_back(d.data(), d.data() + d.numel());
+        EXPECT_EQ(results.back(), results.front()) << to_string(isa);
+    }
+    force_isa(std::nullopt);
+}
+
 // float32 kernels: against the float64 reference, and their gradients against each other
 // through the adjoint identity <conv(A, W), R> = <A, dA(R, W)> = <W, dW(R, A)>, and against
 // central finite differences of the forward kernel.

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <random>
 
-#include "batch_norm_statistics_variants.h"
 #include "dispatch.h"
 #include "layers.h"
 #include "reference/layers_reference.h"
@@ -71,27 +70,6 @@ TEST(BatchNorm, StatisticsMatchFloat64) {
         expect_close(mean, rm, 1e-7, "mean");
         for (int64_t c = 0; c < s.C; c++) EXPECT_NEAR(var[c], rv[size_t(c)], 1e-5 * rv[size_t(c)] + 1e-9) << c;
     }
-}
-
-// The float32 layers are compiled for AVX2 and baseline only: forcing the AVX-512 variant
-// (`lowbit --isa avx512_vnni`) runs their AVX2 one, which gives the same bits, and forcing
-// a variant they have runs exactly it.
-TEST(BatchNorm, ForcedVariantFallsBackToTheBestBelowIt) {
-    std::mt19937 rng(2);
-    Tensor x = random_tensor({3, 5, 7, 7}, rng, 1.0f, 0.5f);
-    std::vector<std::vector<float>> results;
-    for (Isa isa : supported_isas()) {
-        force_isa(isa);
-        Tensor mean({5}), var({5});
-        batch_norm_statistics(x, mean, var);
-        EXPECT_EQ(kernels::batch_norm_statistics.last_isa(), isa == Isa::baseline ? Isa::baseline : Isa::avx2)
-            << to_string(isa);
-        std::vector<float> both(mean.data(), mean.data() + 5);
-        both.insert(both.end(), var.data(), var.data() + 5);
-        results.push_back(both);
-        EXPECT_EQ(results.back(), results.front()) << to_string(isa);
-    }
-    force_isa(std::nullopt);
 }
 
 TEST(BatchNorm, ForwardWithAndWithoutReluMatchesFloat64) {
