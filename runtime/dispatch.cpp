@@ -12,7 +12,11 @@ namespace lowbit {
 
 namespace {
 
-// The Halide features each variant was compiled with (cmake/LowbitKernels.cmake).
+// The Halide features each variant's machine code needs. The avx512_vnni variant is compiled
+// with avx512_sapphirerapids (which selects vpdpbusd) but its code is generated for the Cannon
+// Lake AVX-512 set plus VNNI (cmake/LowbitKernels.cmake), so it needs what Halide checks for
+// avx512_cannonlake and the VNNI bit, not the BF16 that Halide's sapphirerapids check asks for:
+// Ice Lake runs it too.
 std::vector<halide_target_feature_t> features_of(Isa isa) {
     switch (isa) {
         case Isa::avx512_vnni:
@@ -20,7 +24,6 @@ std::vector<halide_target_feature_t> features_of(Isa isa) {
                     halide_target_feature_avx2,
                     halide_target_feature_avx512,
                     halide_target_feature_avx512_cannonlake,
-                    halide_target_feature_avx512_sapphirerapids,
                     halide_target_feature_avx512_skylake,
                     halide_target_feature_f16c,
                     halide_target_feature_fma,
@@ -84,7 +87,10 @@ bool cpu_supports(Isa isa) {
     constexpr int words = (halide_target_feature_end + 63) / 64;
     uint64_t mask[words] = {};
     for (halide_target_feature_t f : features_of(isa)) mask[f / 64] |= uint64_t{1} << (f % 64);
-    return halide_can_use_target_features(words, mask) != 0;
+    if (halide_can_use_target_features(words, mask) == 0) return false;
+    // AVX512_VNNI: CPUID leaf 7, ECX bit 11 (with the OS's AVX-512 state, which Halide's
+    // check of the AVX-512 features above has seen to).
+    return isa != Isa::avx512_vnni || __builtin_cpu_supports("avx512vnni");
 }
 
 Isa best_isa() {
