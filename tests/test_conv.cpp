@@ -16,6 +16,7 @@
 #include "conv_backward_data_dot4_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
+#include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
@@ -250,7 +251,15 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
         check_integer_layer(make_shape(3, 9, 6, 5, 3, 2), a, "m2e1/g3/channel", "m1e2/g3/sample", seed++);
     }
     ASSERT_TRUE(kernels::conv_forward_unsigned.last_isa().has_value());
+    // On VNNI, layers of fewer than 32 output channels take the weight-gradient kernel tiled by
+    // 16, the others the main one: one of each (a partial last tile of either).
+    const uint64_t tiled_before = kernels::conv_backward_weight_unsigned_16.calls();
+    check_integer_layer(make_shape(2, 6, 6, 37, 3, 1), "um4e0/g3/sample", "m3e0/g3/channel", "m1e2/g3/sample", seed++);
     ASSERT_TRUE(kernels::conv_backward_weight_unsigned.last_isa().has_value());
+    if (kernels::conv_backward_weight_unsigned.selected_isa() == Isa::avx512_vnni) {
+        EXPECT_EQ(kernels::conv_backward_weight_unsigned_16.calls(), tiled_before);
+        EXPECT_GT(tiled_before, 0u);
+    }
 }
 
 TEST(IntegerConv, EveryGroupAxisAndFormat) {
@@ -693,7 +702,8 @@ TEST(IntegerConv, NarrowSumsMatchPairsForEveryChunk) {
 // The same for the weight gradient: narrow sums over chunks of rows of output positions
 // (a partial last chunk, chunks past the row count) against the int16-pair kernel, odd widths
 // (groups of 4 columns running past the row), both strides; and both kernels' shifted totals
-// over the samples against int64 sums from the definition.
+// over the samples against int64 sums from the definition. On VNNI the unsigned kernels are
+// 4-term dot products (chunks ignored), the main one and the one tiled by 16 output channels.
 TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
     std::mt19937 rng(79);
     for (int64_t K : {1, 3}) {
@@ -748,6 +758,13 @@ TEST(IntegerConv, NarrowWeightGradientMatchesPairsForEveryChunk) {
                     kernels::conv_backward_weight_unsigned(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb, sab,
                                                            stride, pad, chunk, nchw(narrow.data(), w_shape));
                     EXPECT_EQ(narrow, pairs);
+                    // VNNI's kernel tiled by 16 output channels (the runtime's for narrow layers).
+                    if (kernels::conv_backward_weight_unsigned.selected_isa() == Isa::avx512_vnni) {
+                        std::vector<int32_t> tiled(expected.size());
+                        kernels::conv_backward_weight_unsigned_16(nchw(e.data(), e_shape), nchw(a.data(), a_shape), seb,
+                                                                  sab, stride, pad, chunk, nchw(tiled.data(), w_shape));
+                        EXPECT_EQ(tiled, pairs);
+                    }
                 }
             }
     }
