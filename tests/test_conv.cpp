@@ -276,6 +276,17 @@ TEST(IntegerConv, EveryGroupAxisAndFormat) {
     }
 }
 
+// The kernel calls a layer made, against the expected count or, for kExponentClasses, more
+// than one (one pass per exponent class of an operand).
+constexpr int64_t kExponentClasses = -1;
+void expect_kernel_calls(int64_t calls, int64_t expected, const char *kernel) {
+    if (expected == kExponentClasses) {
+        EXPECT_GT(calls, 1) << kernel;
+    } else {
+        EXPECT_EQ(calls, expected) << kernel;
+    }
+}
+
 // Backward-data reduces over the weights' output channels, whose group exponents become left
 // shifts of the weights (one pass) where the kernel that runs holds the shifted weights, and
 // exponent classes (a pass each) where it does not: int16 on AVX2 and baseline (pairs, or
@@ -286,7 +297,7 @@ TEST(IntegerConv, EveryGroupAxisAndFormat) {
 // all zero: its exponent (2^G - 1, 15 at G = 4) must not widen the shifts. The kernel calls
 // show which path ran.
 TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
-    constexpr int64_t classes = -1;  // more than one call: one per exponent class
+    constexpr int64_t classes = kExponentClasses;
     struct Spread {
         const char *w_format;
         int spread;
@@ -332,12 +343,7 @@ TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
                          reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
             const int64_t calls =
                 int64_t(kernels::conv_backward_data.calls() + kernels::conv_backward_data_narrow.calls() - before);
-            const int64_t expected = isa == Isa::avx512_vnni ? c.four_term_calls : c.pairs_calls;
-            if (expected == classes) {
-                EXPECT_GT(calls, 1);
-            } else {
-                EXPECT_EQ(calls, expected);
-            }
+            expect_kernel_calls(calls, isa == Isa::avx512_vnni ? c.four_term_calls : c.pairs_calls, "backward-data");
         }
     }
     force_isa(std::nullopt);
@@ -353,7 +359,7 @@ TEST(IntegerConv, BackwardDataWithWeightGroupsSpreadAlongTheReduction) {
 // 2^-spread and one all-zero channel (a ReLU-silenced one: the cap exponent, which must not
 // widen the shifts). The kernel calls show which path ran.
 TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
-    constexpr int64_t classes = -1;  // more than one call: one per exponent class
+    constexpr int64_t classes = kExponentClasses;
     struct Calls {
         int64_t unsigned_kernel, signed_kernel;
     };
@@ -368,13 +374,6 @@ TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
                                          {"m3e0/g3/channel", "m3e0/g3/channel", 4, {0, 1}, {0, 1}},
                                          {"m3e0/g3/channel", "m3e0/g3/channel", 5, {0, 1}, {0, classes}},
                                          {"m7e0/g4/channel", "m7e0/g3/channel", 11, {0, classes}, {0, classes}}};
-    auto expect_calls = [](int64_t calls, int64_t expected, const char *kernel) {
-        if (expected == classes) {
-            EXPECT_GT(calls, 1) << kernel;
-        } else {
-            EXPECT_EQ(calls, expected) << kernel;
-        }
-    };
     for (Isa isa : supported_isas()) {
         force_isa(isa);
         for (const Spread &c : spreads) {
@@ -403,9 +402,10 @@ TEST(IntegerConv, ForwardWithActivationGroupsSpreadAlongTheReduction) {
             expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
                          reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
             const Calls expected = isa == Isa::avx512_vnni ? c.four_term : c.pairs;
-            expect_calls(int64_t(kernels::conv_forward_unsigned.calls()) - unsigned_before, expected.unsigned_kernel,
-                         "unsigned");
-            expect_calls(int64_t(kernels::conv_forward.calls()) - signed_before, expected.signed_kernel, "signed");
+            expect_kernel_calls(int64_t(kernels::conv_forward_unsigned.calls()) - unsigned_before,
+                                expected.unsigned_kernel, "unsigned");
+            expect_kernel_calls(int64_t(kernels::conv_forward.calls()) - signed_before, expected.signed_kernel,
+                                "signed");
         }
     }
     force_isa(std::nullopt);
