@@ -12,6 +12,9 @@ namespace lowbit {
 
 namespace {
 
+// Every variant, best first.
+constexpr Isa kAllIsas[] = {Isa::avx512_vnni, Isa::avx2, Isa::baseline};
+
 // The Halide features each variant's machine code needs. The avx512_vnni variant is compiled
 // with avx512_sapphirerapids (which selects vpdpbusd) but its code is generated for the Cannon
 // Lake AVX-512 set plus VNNI (cmake/LowbitKernels.cmake), so it needs what Halide checks for
@@ -77,7 +80,7 @@ const char *to_string(Isa isa) {
 }
 
 Isa parse_isa(const std::string &name) {
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+    for (Isa isa : kAllIsas) {
         if (name == to_string(isa)) return isa;
     }
     throw std::invalid_argument(fmt::format("unknown ISA variant '{}': expected avx512_vnni, avx2 or baseline", name));
@@ -93,20 +96,16 @@ bool cpu_supports(Isa isa) {
     return isa != Isa::avx512_vnni || __builtin_cpu_supports("avx512vnni");
 }
 
-Isa best_isa() {
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
-        if (cpu_supports(isa)) return isa;
-    }
-    return Isa::baseline;
-}
-
 std::vector<Isa> supported_isas() {
     std::vector<Isa> isas;
-    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+    for (Isa isa : kAllIsas) {
         if (cpu_supports(isa)) isas.push_back(isa);
     }
     return isas;
 }
+
+// Baseline needs no feature, so the list is never empty.
+Isa best_isa() { return supported_isas().front(); }
 
 void force_isa(std::optional<Isa> isa) {
     if (isa && !cpu_supports(*isa)) {
