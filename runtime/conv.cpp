@@ -49,11 +49,14 @@ void check_role(const QuantizedTensor &q, TensorRole role, const char *what) {
     }
 }
 
+// The 4-term u8 x i8 kernels' (AVX-512 VNNI) weight offset (kWeightOffset4 of the generators).
+constexpr int64_t kFourTermWeightOffset = 128;
+
 // Exact int32 sums need terms * qmax_a * qmax_b < 2^31 (method.md section 4). The 4-term
-// u8 x i8 kernels (AVX-512 VNNI) offset the weights b by +128, so they need
+// kernels offset the weights b by kFourTermWeightOffset, so they need
 // terms * qmax_a * (qmax_b + 128) < 2^31: that, the stricter, is checked.
 void check_no_overflow(int64_t terms, const QuantizedTensor &a, const QuantizedTensor &b, const char *what) {
-    const int64_t bound = terms * a.format.qmax() * (b.format.qmax() + 128);
+    const int64_t bound = terms * a.format.qmax() * (b.format.qmax() + kFourTermWeightOffset);
     if (bound >= (int64_t{1} << 31)) {
         throw std::invalid_argument(
             fmt::format("conv: {} sums {} products of |q| <= {} x {}: int32 could overflow (limit 2^31)", what, terms,
@@ -187,7 +190,7 @@ int64_t largest_shifted_weight(bool four_term) {
 // Whether `terms` products of |q| <= qmax with weights of |w| <= largest_weight (shifted) sum
 // within int32, the 4-term variant's offset of the weights included.
 bool shifted_sum_fits(int64_t terms, int64_t qmax, int64_t largest_weight, bool four_term) {
-    return terms * qmax * (largest_weight + (four_term ? 128 : 0)) < (int64_t{1} << 31);
+    return terms * qmax * (largest_weight + (four_term ? kFourTermWeightOffset : 0)) < (int64_t{1} << 31);
 }
 
 // Backward-data reduces over the weights' output channels, along which their group scales
