@@ -200,19 +200,23 @@ int main(int argc, char **argv) {
         unsigned_peaks.push_back(p.unsigned_gmacs);
         float_peaks.push_back(p.float_gmacs);
     }
-    fmt::print("machine peaks (median over rounds): {} {:.0f} G/s, {} {:.0f} G/s, float32 FMA {:.0f} G/s\n",
-               peaks[0].integer_name, median(integer_peaks), peaks[0].unsigned_name, median(unsigned_peaks),
-               median(float_peaks));
+    const std::string integer_peak = fmt::format("{} {:.0f} G/s", peaks[0].integer_name, median(integer_peaks));
+    const std::string unsigned_peak =
+        std::strcmp(peaks[0].unsigned_name, peaks[0].integer_name) == 0
+            ? std::string()
+            : fmt::format(", {} {:.0f} G/s", peaks[0].unsigned_name, median(unsigned_peaks));
+    fmt::print("machine peaks (median over rounds): {}{}, {} {:.0f} G/s\n", integer_peak, unsigned_peak,
+               peaks[0].float_name, median(float_peaks));
     fmt::print(
         "int/peak: of the {} peak where a pass ran uint8 x int8 products (unsigned activations, "
         "backward-data's offset weights)\n",
         peaks[0].unsigned_name);
     fmt::print("G/s columns: medians over rounds; ratio columns: medians of the per-round ratios\n");
-    fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q", "f32",
-               "torch", "int/torch", "f32/torch", "int/peak");
+    fmt::print("\n{:<15} {:<16} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}\n", "layer", "pass", "int", "int+q",
+               "f32", "torch", "int/torch", "f32/torch", "int/peak", "f32/peak");
     for (const Row &r : rows) {
         auto gmacs = [&](double ms) { return ms > 0 ? r.macs / (ms * 1e6) : 0.0; };
-        std::vector<double> speed_int, speed_intq, speed_f32, speed_torch, int_torch, f32_torch, int_peak;
+        std::vector<double> speed_int, speed_intq, speed_f32, speed_torch, int_torch, f32_torch, int_peak, f32_peak;
         for (size_t k = 0; k < r.int_ms.size(); k++) {
             speed_int.push_back(gmacs(r.int_ms[k]));
             speed_intq.push_back(gmacs(r.intq_ms[k]));
@@ -223,10 +227,11 @@ int main(int argc, char **argv) {
             f32_torch.push_back(torch > 0 ? gmacs(r.f32_ms[k]) / torch : 0.0);
             int_peak.push_back(gmacs(r.int_ms[k]) /
                                (r.uint8_products ? peaks[k].unsigned_gmacs : peaks[k].integer_gmacs));
+            f32_peak.push_back(gmacs(r.f32_ms[k]) / peaks[k].float_gmacs);
         }
-        fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer, r.pass,
-                   median(speed_int), median(speed_intq), median(speed_f32), median(speed_torch), median(int_torch),
-                   median(f32_torch), median(int_peak));
+        fmt::print("{:<15} {:<16} {:>7.1f} {:>7.1f} {:>7.1f} {:>7.1f} {:>9.2f} {:>9.2f} {:>9.2f} {:>9.2f}\n", r.layer,
+                   r.pass, median(speed_int), median(speed_intq), median(speed_f32), median(speed_torch),
+                   median(int_torch), median(f32_torch), median(int_peak), median(f32_peak));
     }
     return 0;
 }

@@ -1,6 +1,7 @@
 // The machine's measured arithmetic peaks on `threads` threads: the widest integer dot
 // product the CPU has (AVX-512 VNNI vpdpbusd, else AVX2 vpmaddwd), the uint8 x int8 one of
-// unsigned inputs (vpdpbusd, else AVX2 vpmaddubsw into int16 sums) and float32 FMA, counted
+// unsigned inputs (vpdpbusd, else AVX2 vpmaddubsw into int16 sums) and float32 FMA (zmm where
+// the CPU has AVX-512, else ymm), counted
 // in multiply-adds per second. Register-only loops with independent accumulators.
 #pragma once
 
@@ -13,7 +14,7 @@
 namespace lowbit {
 
 struct Peaks {
-    const char *integer_name, *unsigned_name;
+    const char *integer_name, *unsigned_name, *float_name;
     double integer_gmacs, unsigned_gmacs, float_gmacs;
 };
 
@@ -30,6 +31,21 @@ __attribute__((target("avx2,fma"))) inline float fma_loop(float seed) {
     }
     float s = 0;
     for (int i = 0; i < 10; i++) s += _mm256_cvtss_f32(acc[i]);
+    return s;
+}
+
+// The same on zmm: on CPUs with full-width AVX-512 units (Zen 5, Intel server parts) twice
+// the ymm rate, so a peak measured on ymm alone would flatter zmm kernels by 2x; on Zen 4,
+// which splits a zmm operation in two, the same rate as ymm.
+__attribute__((target("avx512f"))) inline float fma512_loop(float seed) {
+    __m512 acc[10];
+    for (int i = 0; i < 10; i++) acc[i] = _mm512_set1_ps(seed + i);
+    const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
+    for (long k = 0; k < kPeakIterations; k++) {
+        for (int i = 0; i < 10; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    }
+    float s = 0;
+    for (int i = 0; i < 10; i++) s += _mm512_cvtss_f32(acc[i]);
     return s;
 }
 
@@ -90,7 +106,13 @@ double rate(int threads, double macs_per_thread, Body body) {
 inline Peaks measure_peaks(int threads) {
     using namespace detail;
     Peaks p{};
-    p.float_gmacs = rate(threads, 10.0 * 8 * kPeakIterations, [](int t) { return fma_loop(float(t)); });
+    if (__builtin_cpu_supports("avx512f")) {
+        p.float_name = "float32 FMA zmm";
+        p.float_gmacs = rate(threads, 10.0 * 16 * kPeakIterations, [](int t) { return fma512_loop(float(t)); });
+    } else {
+        p.float_name = "float32 FMA ymm";
+        p.float_gmacs = rate(threads, 10.0 * 8 * kPeakIterations, [](int t) { return fma_loop(float(t)); });
+    }
     if (__builtin_cpu_supports("avx512vnni")) {
         p.integer_name = "int8 vpdpbusd";
         p.integer_gmacs = rate(threads, 10.0 * 64 * kPeakIterations, [](int t) { return dpbusd_loop(t); });
