@@ -185,6 +185,11 @@ namespace lowbit::schedules::x86 {
 // integer forward (4-term vpdpbusd) 158-314 G MAC/s on the 3x3 layers, 0.34-0.67 of the
 // vpdpbusd peak measured in the same run, 1.8-5.9x PyTorch float32; backward-data 100-250
 // (0.22-0.54); float32 forward 53-79.
+// AMD Zen 5 (full-width AVX-512, session 12, the same binary but for 16-lane float32 tiles):
+// integer forward 114-225 G MAC/s on the 3x3 layers, 0.15-0.31 of its vpdpbusd peak (760
+// G/s, twice Zen 4's per core: the ymm integer tiles tuned there use half of it), 0.9-1.7x
+// PyTorch float32 (which reaches 100-170 G/s here); float32 forward 37-96 (0.18-0.47 of the
+// zmm FMA peak).
 //   - each thread takes (output-channel tile, sample) pairs;
 //   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
 //     channels); the accumulators of one tile live in registers for the whole reduction
