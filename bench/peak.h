@@ -1,8 +1,9 @@
 // The machine's measured arithmetic peaks on `threads` threads: the widest integer dot
 // product the CPU has (AVX-512 VNNI vpdpbusd, else AVX2 vpmaddwd), the uint8 x int8 one of
 // unsigned inputs (vpdpbusd, else AVX2 vpmaddubsw into int16 sums) and float32 FMA (zmm where
-// the CPU has AVX-512, else ymm), counted
-// in multiply-adds per second. Register-only loops with independent accumulators.
+// the CPU has AVX-512, else ymm), counted in multiply-adds per second. Register-only loops
+// with independent accumulators, one function per instruction set (the intrinsics need their
+// target attribute on the function that calls them).
 #pragma once
 
 #include <immintrin.h>
