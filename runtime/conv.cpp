@@ -13,12 +13,14 @@
 #include "conv_backward_data_float_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
+#include "conv_backward_data_wide_variants.h"
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_float_variants.h"
 #include "conv_forward_unsigned_variants.h"
+#include "conv_forward_unsigned_wide_variants.h"
 #include "conv_forward_variants.h"
 
 namespace lowbit {
@@ -88,6 +90,15 @@ int narrow_rows(int64_t out_width, int64_t out_height, const Format &a, const Fo
     if (most < 1) return 0;
     const int64_t chunks = (out_height + most - 1) / most;
     return int((out_height + chunks - 1) / chunks);
+}
+
+// The VNNI kernels' 16-lane (zmm) tiles (conv_*_wide) where they measured faster than the main
+// 8-lane ones on full-width AVX-512 (schedules/tuned/conv_*_wide_avx512_vnni.params, Zen 5):
+// stride 1 and maps at least this wide (the forward pass's output, backward-data's result).
+// Narrower maps leave half of each 16-lane vector idle, and stride 2 gathers its rows.
+constexpr int64_t kWideForwardWidth = 32, kWideBackwardDataWidth = 16;
+bool wide_tile(bool four_term, int stride, int64_t width, int64_t least_width) {
+    return four_term && stride == 1 && width >= least_width && full_width_avx512();
 }
 
 // One piece of a quantized operand whose group scale does not vary along a pass's
@@ -559,7 +570,9 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
             Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
             auto ob = nchw(out.data(), out_shape);
             auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
-                if (chunk > 0) {
+                if (chunk > 0 && wide_tile(four_term, stride, out_shape[3], kWideForwardWidth)) {
+                    kernels::conv_forward_unsigned_wide(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
+                } else if (chunk > 0) {
                     kernels::conv_forward_unsigned(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
                 } else {
                     kernels::conv_forward(ab, wb, sab, swb, shift_buffer, stride, pad, ob);
@@ -620,6 +633,9 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
                                                            phases, pad_x, pad_y, chunk, o, add, o);
+                    } else if (wide_tile(four_term, g.stride, input_shape[3], kWideBackwardDataWidth)) {
+                        kernels::conv_backward_data_wide(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y,
+                                                         o, add, o);
                     } else {
                         kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y, o,
                                                     add, o);

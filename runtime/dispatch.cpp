@@ -3,6 +3,7 @@
 #include "memory.h"
 
 #include <HalideRuntime.h>
+#include <cpuid.h>
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -53,6 +54,33 @@ std::optional<Isa> initial_forced_isa() {
 std::optional<Isa> &forced() {
     static std::optional<Isa> isa = initial_forced_isa();
     return isa;
+}
+
+// AMD Zen 4 (family 0x19 with AVX-512) splits zmm operations into 256-bit halves; the other
+// AVX-512 CPUs (Intel's, AMD Zen 5 of family 0x1a) run them whole.
+bool detect_full_width_avx512() {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return true;
+    const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
+    if (!amd || __get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return true;
+    const unsigned base_family = (eax >> 8) & 0xf, extended_family = (eax >> 20) & 0xff;
+    const unsigned family = base_family == 0xf ? base_family + extended_family : base_family;
+    return family != 0x19;
+}
+
+std::optional<bool> initial_full_width() {
+    const char *env = std::getenv("LOWBIT_FULL_WIDTH");
+    if (env == nullptr || *env == '\0') return std::nullopt;
+    const std::string value = env;
+    if (value != "0" && value != "1") {
+        throw std::runtime_error(fmt::format("LOWBIT_FULL_WIDTH={}: expected 0 or 1", value));
+    }
+    return value == "1";
+}
+
+std::optional<bool> &forced_full_width() {
+    static std::optional<bool> full = initial_full_width();
+    return full;
 }
 
 // Halide reports errors on whichever thread hits them, a pool worker included, so the message
@@ -115,6 +143,13 @@ void force_isa(std::optional<Isa> isa) {
 }
 
 std::optional<Isa> forced_isa() { return forced(); }
+
+bool full_width_avx512() {
+    static const bool detected = detect_full_width_avx512();
+    return forced_full_width().value_or(detected);
+}
+
+void force_full_width_avx512(std::optional<bool> full) { forced_full_width() = full; }
 
 void set_num_threads(int threads) { halide_set_num_threads(threads); }
 

@@ -75,8 +75,13 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     };
     for (const char *pass :
          {"conv_forward_avx512_vnni.s", "conv_backward_data_avx512_vnni.s", "conv_forward_unsigned_avx512_vnni.s",
-          "conv_backward_weight_unsigned_avx512_vnni.s", "conv_backward_weight_unsigned_16_avx512_vnni.s"}) {
+          "conv_backward_weight_unsigned_avx512_vnni.s", "conv_backward_weight_unsigned_16_avx512_vnni.s",
+          "conv_forward_unsigned_wide_avx512_vnni.s", "conv_backward_data_wide_avx512_vnni.s"}) {
         EXPECT_TRUE(vnni_hot_loop_uses(pass, "vpdpbusd")) << pass;
+    }
+    // The width-chosen tiles are 16 lanes of int32: zmm.
+    for (const char *pass : {"conv_forward_unsigned_wide_avx512_vnni.s", "conv_backward_data_wide_avx512_vnni.s"}) {
+        EXPECT_TRUE(hot_loop_uses(pass, "vpdpbusd", "zmm")) << pass;
     }
     EXPECT_TRUE(vnni_hot_loop_uses("conv_backward_weight_avx512_vnni.s", "vpdpwssd"));
     // AVX2: int16 pairs.
@@ -119,8 +124,8 @@ TEST(Assembly, Avx512VariantsUseOnlyTheFeaturesTheDispatcherChecks) {
             if (bad) break;  // one line per file says enough
         }
     }
-    // The AVX-512 variants: quantize (6), conv (9), batch norm (9).
-    EXPECT_GE(files, 24);
+    // The AVX-512 variants: quantize (6), conv (11), batch norm (9).
+    EXPECT_GE(files, 26);
 }
 
 }  // namespace

@@ -16,11 +16,13 @@
 #include "conv_backward_data_dot4_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
+#include "conv_backward_data_wide_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
 #include "conv_forward_unsigned_variants.h"
+#include "conv_forward_unsigned_wide_variants.h"
 #include "conv_forward_variants.h"
 #include "dispatch.h"
 #include "reference/conv_reference.h"
@@ -260,6 +262,61 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
         EXPECT_EQ(kernels::conv_backward_weight_unsigned_16.calls(), tiled_before);
         EXPECT_GT(tiled_before, 0u);
     }
+}
+
+// On full-width AVX-512 VNNI, stride-1 layers on wide maps take the 16-lane kernels
+// (runtime/conv.cpp: forward outputs at least 32 wide through conv_forward_unsigned_wide,
+// backward-data results at least 16 wide through conv_backward_data_wide). Forced on and off
+// in turn: each against the float64 reference, and the two bit-identical (the same exact
+// integer sums, scaled the same way). Partial tiles of lanes, rows and channels; activations
+// grouped per sample and per channel (shifted weights); one shape of each too narrow or
+// strided, which must keep the main kernels.
+TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
+    if (best_isa() != Isa::avx512_vnni) GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
+    uint32_t seed = 500;
+    const std::vector<ConvShape> layers = {make_shape(2, 7, 34, 5, 3, 1), make_shape(1, 9, 33, 19, 1, 1),
+                                           make_shape(2, 6, 16, 9, 5, 1), make_shape(1, 5, 14, 6, 3, 1),
+                                           make_shape(2, 6, 40, 9, 3, 2)};
+    for (const ConvShape &s : layers) {
+        for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
+            SCOPED_TRACE(std::string(a_format) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
+                         std::to_string(s.K) + " s" + std::to_string(s.stride) + " W" + std::to_string(s.W));
+            const ConvGeometry g{int(s.stride), int(s.pad)};
+            const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
+            const QuantizedTensor a = quantize(random_tensor(a_shape, seed++, true), parse_format(a_format),
+                                               Rounding::nearest, 0, 0, 0, TensorRole::activation);
+            const QuantizedTensor w = quantize(random_tensor(w_shape, seed++), parse_format("m3e0/g3/channel"),
+                                               Rounding::nearest, 0, 0, 1, TensorRole::weight);
+            const QuantizedTensor e =
+                quantize(random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++), parse_format("m1e2/g3/sample"),
+                         Rounding::stochastic, 7, 0, 2, TensorRole::error);
+            const std::vector<double> av = dequantized(a), wv = dequantized(w), ev = dequantized(e);
+            std::vector<Tensor> forward, backward_data;
+            for (bool full_width : {true, false}) {
+                force_full_width_avx512(full_width);
+                const uint64_t forward_before = kernels::conv_forward_unsigned_wide.calls(),
+                               data_before = kernels::conv_backward_data_wide.calls();
+                forward.push_back(conv_forward(a, w, g));
+                backward_data.push_back(conv_backward_data(e, w, a_shape, g));
+                expect_close(forward.back(), reference::conv_forward(s, av, wv),
+                             reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
+                expect_close(backward_data.back(), reference::conv_backward_data(s, ev, wv),
+                             reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
+                EXPECT_EQ(kernels::conv_forward_unsigned_wide.calls() > forward_before,
+                          full_width && s.stride == 1 && s.out_w() >= 32)
+                    << "forward wide, full width " << full_width;
+                EXPECT_EQ(kernels::conv_backward_data_wide.calls() > data_before,
+                          full_width && s.stride == 1 && s.W >= 16)
+                    << "backward-data wide, full width " << full_width;
+            }
+            EXPECT_EQ(0, std::memcmp(forward[0].data(), forward[1].data(), size_t(forward[0].numel()) * sizeof(float)))
+                << "forward";
+            EXPECT_EQ(0, std::memcmp(backward_data[0].data(), backward_data[1].data(),
+                                     size_t(backward_data[0].numel()) * sizeof(float)))
+                << "backward-data";
+        }
+    }
+    force_full_width_avx512(std::nullopt);
 }
 
 TEST(IntegerConv, EveryGroupAxisAndFormat) {
