@@ -16,6 +16,7 @@
 #include "conv_backward_data_wide_variants.h"
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
+#include "conv_backward_weight_unsigned_16_wide_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_float_variants.h"
@@ -794,9 +795,12 @@ Tensor conv_backward_weight(const QuantizedTensor &errors, const QuantizedTensor
                                : nchw<const int8_t>(a.values + n0 * a_sample, a_run);
                 auto ob = nchw(sums.data(), w_shape);
                 if (chunk > 0) {
-                    // VNNI: fewer output channels than the main kernel's tile of 32 take the
-                    // kernel tiled by 16 (session 11: 16->16 layers +48%).
-                    if (four_term && O < 32) {
+                    // VNNI: fewer output channels than the main kernel's tile of 32 take a
+                    // kernel tiled by 16: 2 ymm (session 11, Zen 4: 16->16 layers +48%), or
+                    // one zmm where AVX-512 runs at full width (session 13, Zen 5: +15%).
+                    if (four_term && O < 32 && full_width_avx512()) {
+                        kernels::conv_backward_weight_unsigned_16_wide(eb, ab, seb, sab, stride, pad, chunk, ob);
+                    } else if (four_term && O < 32) {
                         kernels::conv_backward_weight_unsigned_16(eb, ab, seb, sab, stride, pad, chunk, ob);
                     } else {
                         kernels::conv_backward_weight_unsigned(eb, ab, seb, sab, stride, pad, chunk, ob);

@@ -33,12 +33,12 @@ std::vector<Isa> supported_isas();
 void force_isa(std::optional<Isa> isa);
 std::optional<Isa> forced_isa();
 
-// Whether this CPU runs 512-bit (zmm) operations at full width, so that the width-chosen
-// 16-lane kernels (conv_*_wide, runtime/conv.cpp) pay on the shapes they were measured on.
-// False on AMD Zen 4 (family 0x19), which executes each zmm operation as two 256-bit halves:
-// there 16 lanes buy nothing over 8 and idle half of each vector on narrow maps (session 11).
-// Meaningful only where the avx512_vnni variant runs. Initially read from LOWBIT_FULL_WIDTH
-// (0 or 1) when set.
+// Whether this CPU runs 512-bit (zmm) operations at full width, so that the 16-lane kernels
+// chosen by shape (conv_*_wide, conv_backward_weight_unsigned_16_wide; runtime/conv.cpp) pay
+// on the shapes they were measured on. False on AMD Zen 4 (family 0x19), which executes each
+// zmm operation as two 256-bit halves: there 16 lanes buy nothing over 8 and idle half of
+// each vector on narrow maps (session 11). Meaningful only where the avx512_vnni variant
+// runs. Initially read from LOWBIT_FULL_WIDTH (0 or 1) when set.
 bool full_width_avx512();
 // Overrides the detection (tests: both tile widths on any VNNI CPU); std::nullopt: detect.
 void force_full_width_avx512(std::optional<bool> full);

@@ -18,6 +18,7 @@
 #include "conv_backward_data_variants.h"
 #include "conv_backward_data_wide_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
+#include "conv_backward_weight_unsigned_16_wide_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
@@ -253,26 +254,34 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
         check_integer_layer(make_shape(3, 9, 6, 5, 3, 2), a, "m2e1/g3/channel", "m1e2/g3/sample", seed++);
     }
     ASSERT_TRUE(kernels::conv_forward_unsigned.last_isa().has_value());
-    // On VNNI, layers of fewer than 32 output channels take the weight-gradient kernel tiled by
-    // 16, the others the main one: one of each (a partial last tile of either).
-    const uint64_t tiled_before = kernels::conv_backward_weight_unsigned_16.calls();
+    // On VNNI, layers of fewer than 32 output channels take a weight-gradient kernel tiled by
+    // 16 (2 ymm, or 1 zmm on full-width AVX-512), the others the main one: one of each (a
+    // partial last tile of either).
+    auto tiled_calls = [] {
+        return kernels::conv_backward_weight_unsigned_16.calls() +
+               kernels::conv_backward_weight_unsigned_16_wide.calls();
+    };
+    const uint64_t tiled_before = tiled_calls();
     check_integer_layer(make_shape(2, 6, 6, 37, 3, 1), "um4e0/g3/sample", "m3e0/g3/channel", "m1e2/g3/sample", seed++);
     ASSERT_TRUE(kernels::conv_backward_weight_unsigned.last_isa().has_value());
     if (kernels::conv_backward_weight_unsigned.selected_isa() == Isa::avx512_vnni) {
-        EXPECT_EQ(kernels::conv_backward_weight_unsigned_16.calls(), tiled_before);
+        EXPECT_EQ(tiled_calls(), tiled_before);
         EXPECT_GT(tiled_before, 0u);
     }
 }
 
 // On full-width AVX-512 VNNI, stride-1 layers on wide maps take the 16-lane kernels
 // (runtime/conv.cpp: forward outputs at least 32 wide through conv_forward_unsigned_wide,
-// backward-data results at least 16 wide through conv_backward_data_wide). Forced on and off
-// in turn: each against the float64 reference, and the two bit-identical (the same exact
-// integer sums, scaled the same way). Partial tiles of lanes, rows and channels; activations
-// grouped per sample and per channel (shifted weights); one shape of each too narrow or
-// strided, which must keep the main kernels.
+// backward-data results at least 16 wide through conv_backward_data_wide), and weight
+// gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
+// instead of conv_backward_weight_unsigned_16. Forced on and off in turn: each against the
+// float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
+// way). Partial tiles of lanes, rows and channels; activations grouped per sample and per
+// channel (shifted weights); one shape of each too narrow or strided, which must keep the
+// main forward and backward-data kernels.
 TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
-    if (best_isa() != Isa::avx512_vnni) GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
+    if (kernels::conv_forward_unsigned.selected_isa() != Isa::avx512_vnni)
+        GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
     uint32_t seed = 500;
     const std::vector<ConvShape> layers = {make_shape(2, 7, 34, 5, 3, 1), make_shape(1, 9, 33, 19, 1, 1),
                                            make_shape(2, 6, 16, 9, 5, 1), make_shape(1, 5, 14, 6, 3, 1),
@@ -291,13 +300,19 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 quantize(random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++), parse_format("m1e2/g3/sample"),
                          Rounding::stochastic, 7, 0, 2, TensorRole::error);
             const std::vector<double> av = dequantized(a), wv = dequantized(w), ev = dequantized(e);
-            std::vector<Tensor> forward, backward_data;
+            std::vector<Tensor> forward, backward_data, backward_weight;
             for (bool full_width : {true, false}) {
                 force_full_width_avx512(full_width);
                 const uint64_t forward_before = kernels::conv_forward_unsigned_wide.calls(),
-                               data_before = kernels::conv_backward_data_wide.calls();
+                               data_before = kernels::conv_backward_data_wide.calls(),
+                               weight_before = kernels::conv_backward_weight_unsigned_16_wide.calls();
                 forward.push_back(conv_forward(a, w, g));
                 backward_data.push_back(conv_backward_data(e, w, a_shape, g));
+                backward_weight.push_back(conv_backward_weight(e, a, int(s.K), g));
+                expect_close(backward_weight.back(), reference::conv_backward_weight(s, ev, av),
+                             reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-6, "backward-weight");
+                EXPECT_EQ(kernels::conv_backward_weight_unsigned_16_wide.calls() > weight_before, full_width)
+                    << "backward-weight wide, full width " << full_width;
                 expect_close(forward.back(), reference::conv_forward(s, av, wv),
                              reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
                 expect_close(backward_data.back(), reference::conv_backward_data(s, ev, wv),
@@ -314,6 +329,9 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
             EXPECT_EQ(0, std::memcmp(backward_data[0].data(), backward_data[1].data(),
                                      size_t(backward_data[0].numel()) * sizeof(float)))
                 << "backward-data";
+            EXPECT_EQ(0, std::memcmp(backward_weight[0].data(), backward_weight[1].data(),
+                                     size_t(backward_weight[0].numel()) * sizeof(float)))
+                << "backward-weight";
         }
     }
     force_full_width_avx512(std::nullopt);
