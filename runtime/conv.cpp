@@ -20,6 +20,8 @@
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_float_variants.h"
+#include "conv_forward_unsigned_channels_32_variants.h"
+#include "conv_forward_unsigned_channels_64_variants.h"
 #include "conv_forward_unsigned_variants.h"
 #include "conv_forward_unsigned_wide_variants.h"
 #include "conv_forward_variants.h"
@@ -100,6 +102,16 @@ int narrow_rows(int64_t out_width, int64_t out_height, const Format &a, const Fo
 constexpr int64_t kWideForwardWidth = 32, kWideBackwardDataWidth = 16;
 bool wide_tile(bool four_term, int stride, int64_t width, int64_t least_width) {
     return four_term && stride == 1 && width >= least_width && full_width_avx512();
+}
+
+// The forward kernels with lanes along output channels (conv_forward_unsigned_channels_*,
+// schedules/tuned/): their tile's channel count for a layer of O output channels and K x K
+// windows, or 0 for the other kernels. On full-width AVX-512 VNNI (Zen 5: 1.3-1.5x the main
+// tiles on ResNet-20's 3x3 layers of 32 and 64 channels, either stride); fewer channels would
+// leave lanes idle, and 1x1 layers measured no faster.
+int64_t channel_lane_tile(bool four_term, int64_t O, int64_t K) {
+    if (!four_term || K == 1 || !full_width_avx512()) return 0;
+    return O >= 64 ? 64 : O >= 32 ? 32 : 0;
 }
 
 // One piece of a quantized operand whose group scale does not vary along a pass's
@@ -571,7 +583,12 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
             Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
             auto ob = nchw(out.data(), out_shape);
             auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
-                if (chunk > 0 && wide_tile(four_term, stride, out_shape[3], kWideForwardWidth)) {
+                const int64_t lane_channels = chunk > 0 ? channel_lane_tile(four_term, O, K) : 0;
+                if (lane_channels == 64) {
+                    kernels::conv_forward_unsigned_channels_64(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
+                } else if (lane_channels == 32) {
+                    kernels::conv_forward_unsigned_channels_32(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
+                } else if (chunk > 0 && wide_tile(four_term, stride, out_shape[3], kWideForwardWidth)) {
                     kernels::conv_forward_unsigned_wide(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
                 } else if (chunk > 0) {
                     kernels::conv_forward_unsigned(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);

@@ -175,33 +175,10 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
 
 namespace lowbit::schedules::x86 {
 
-// Convolutions as a correlation (forward, backward-data).
-// Measured (AVX2 variant, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8,
-// a fast hour, docs/PERFORMANCE.md): integer forward on unsigned activations (narrow sums)
-// 68-108 G MAC/s (0.41-0.76 of the vpmaddubsw peak measured in the same run, 2.1-3.4x
-// PyTorch float32), backward-data (narrow sums on offset weights) 68-104 at stride 1
-// (0.41-0.63), 27-39 at stride 2; float32 forward 23-50 (0.28-0.60 of the FMA peak).
-// AVX-512 VNNI variant (AMD Zen 4, 2 threads, session 11, the tiles of schedules/tuned/):
-// integer forward (4-term vpdpbusd) 158-314 G MAC/s on the 3x3 layers, 0.34-0.67 of the
-// vpdpbusd peak measured in the same run, 1.8-5.9x PyTorch float32; backward-data 100-250
-// (0.22-0.54); float32 forward 53-79.
-// AMD Zen 5 (full-width AVX-512, session 12, the same binary but for 16-lane float32 tiles):
-// integer forward 114-225 G MAC/s on the 3x3 layers, 0.15-0.31 of its vpdpbusd peak (760
-// G/s, twice Zen 4's per core: the ymm integer tiles tuned there use half of it), 0.9-1.7x
-// PyTorch float32 (which reaches 100-170 G/s here); float32 forward 37-96 (0.18-0.47 of the
-// zmm FMA peak).
-//   - each thread takes (output-channel tile, sample) pairs;
-//   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
-//     channels); the accumulators of one tile live in registers for the whole reduction
-//     (rows, not wider x tiles, keep an 8x8 map's vectors full);
-//   - the reduction runs channel pairs innermost, so (pair, v positions) is one 2v-lane
-//     widening multiply reduced by pairs: pmaddwd;
-//   - operands are packed once per call (compute_root), in parallel over samples.
-void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &target) {
-    const Type acc_type = p.accumulator.value().type();
-    const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
-    const int tile_x = std::max(1, params.tile_x), tile_y = std::max(1, params.tile_y);
-    const int tile_k = std::max(1, params.tile_channels);
+namespace {
+
+// The register tile with lanes along x (see schedule_conv): returns the accumulator's update.
+Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int tile_k) {
     const RDom &r = p.reduction;
     Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
 
@@ -268,6 +245,81 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         if (p.group > 1) update.atomic().vectorize(r[0]);
     }
     update.vectorize(p.x, v).unroll(p.x).unroll(p.k).unroll(p.y);
+    return update;
+}
+
+// The register tile with lanes along output channels (4-term dot products, forward): tile_x
+// pixels x tile_y rows x tile_k channels (whole vectors). Each vpdpbusd multiplies a vector of
+// v output channels' weights, the 4 channels of a group side by side (packed_weights stored
+// (j, k, ...)), by one pixel's 4 input bytes broadcast; a vector of weights serves the
+// tile's pixels and a broadcast its channel vectors. Unlike lanes along x, no lane idles on
+// an 8-column map, and stride 2 reads one pixel per broadcast, not a gathered row.
+// The output is stored along x (NCHW): tile_x pixels of a channel per store.
+Stage tile_channel_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int tile_k) {
+    const RDom &r = p.reduction;
+    Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
+    p.output.split(p.x, xo, xi, tile_x, TailStrategy::GuardWithIf)
+        .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
+        .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
+        .reorder(xi, ki, yi, xo, yo, ko, p.n)
+        .vectorize(xi)
+        .unroll(ki)
+        .unroll(yi)
+        .fuse(ko, p.n, task)
+        .parallel(task);
+    p.accumulator.compute_at(p.output, xo)
+        .bound_extent(p.x, tile_x)
+        .bound_extent(p.y, tile_y)
+        .bound_extent(p.k, tile_k)
+        .store_in(MemoryType::Register)
+        .reorder_storage(p.k, p.x, p.y, p.n)
+        .vectorize(p.k, v)
+        .unroll(p.k)
+        .unroll(p.x)
+        .unroll(p.y);
+    Stage update = p.accumulator.update();
+    update.reorder(r[0], p.k, p.x, p.y, r[1], r[2], r[3], p.n).atomic().vectorize(r[0]);
+    update.vectorize(p.k, v).unroll(p.k).unroll(p.x).unroll(p.y);
+    return update;
+}
+
+}  // namespace
+
+// Convolutions as a correlation (forward, backward-data).
+// Measured (AVX2 variant, 2 threads, batch 128, ResNet-20 3x3 layers, bench_conv, session 8,
+// a fast hour, docs/PERFORMANCE.md): integer forward on unsigned activations (narrow sums)
+// 68-108 G MAC/s (0.41-0.76 of the vpmaddubsw peak measured in the same run, 2.1-3.4x
+// PyTorch float32), backward-data (narrow sums on offset weights) 68-104 at stride 1
+// (0.41-0.63), 27-39 at stride 2; float32 forward 23-50 (0.28-0.60 of the FMA peak).
+// AVX-512 VNNI variant (AMD Zen 4, 2 threads, session 11, the tiles of schedules/tuned/):
+// integer forward (4-term vpdpbusd) 158-314 G MAC/s on the 3x3 layers, 0.34-0.67 of the
+// vpdpbusd peak measured in the same run, 1.8-5.9x PyTorch float32; backward-data 100-250
+// (0.22-0.54); float32 forward 53-79.
+// AMD Zen 5 (full-width AVX-512, session 12, the same binary but for 16-lane float32 tiles):
+// integer forward 114-225 G MAC/s on the 3x3 layers, 0.15-0.31 of its vpdpbusd peak (760
+// G/s, twice Zen 4's per core: the ymm integer tiles tuned there use half of it), 0.9-1.7x
+// PyTorch float32 (which reaches 100-170 G/s here); float32 forward 37-96 (0.18-0.47 of the
+// zmm FMA peak).
+// Zen 5, session 14: lanes along output channels (tile_channel_lanes, the
+// conv_forward_unsigned_channels_* kernels for 3x3 layers of 32 or more channels) 215-279 G
+// MAC/s on the stride-2 layers, 457-461 on 32->32 and 420-497 on 64->64 8x8 (0.6-0.8 of the
+// vpdpbusd peak measured in the same run), 1.3-1.5x the position lanes' tiles.
+//   - each thread takes (output-channel tile, sample) pairs;
+//   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
+//     channels); the accumulators of one tile live in registers for the whole reduction
+//     (rows, not wider x tiles, keep an 8x8 map's vectors full);
+//   - the reduction runs channel pairs innermost, so (pair, v positions) is one 2v-lane
+//     widening multiply reduced by pairs: pmaddwd;
+//   - operands are packed once per call (compute_root), in parallel over samples.
+void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &target) {
+    const Type acc_type = p.accumulator.value().type();
+    const int v = params.vector_width > 0 ? params.vector_width : target.natural_vector_size(acc_type);
+    const int tile_x = std::max(1, params.tile_x), tile_y = std::max(1, params.tile_y);
+    const int tile_k = std::max(1, params.tile_channels);
+    const RDom &r = p.reduction;
+    const bool channel_lanes = params.channel_lanes && p.group == 4 && !p.narrow_sum.defined() && !p.phases.defined();
+    Stage update = channel_lanes ? tile_channel_lanes(p, v, tile_x, tile_y, tile_k)
+                                 : tile_position_lanes(p, v, tile_x, tile_y, tile_k);
     // A constant stride turns the operand loads into dense vector loads (at stride 2 from the
     // tap's column phase, ConvPipeline). Each specialization inherits the schedule above.
     const int window_unroll = params.window_unroll;
@@ -291,6 +343,10 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     }
 
     const int pair = p.group;
+    // Lanes along channels leave the packing its own width: 16 lanes of a 16-column stride-2
+    // row are 8 column pairs, all in the guarded tail (session 14: the packing then took longer
+    // than the correlation).
+    const int pack_v = channel_lanes ? std::min(v, 8) : v;
     // The padded operand: zeros, then the interior, both dense vector loops (ConvPipeline).
     // The zeros round each row up to whole vectors (a few bytes more per row): a row is short
     // (10 to 34 columns here), and a guarded tail stored it lane by lane, each lane behind a
@@ -298,7 +354,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     p.packed_input.compute_root()
         .bound(p.j, 0, pair)
         .unroll(p.j)
-        .vectorize(p.x, v, TailStrategy::RoundUp)
+        .vectorize(p.x, pack_v, TailStrategy::RoundUp)
         .parallel(p.n);
     Stage interior = p.packed_input.update();
     // The lanes store to distinct places for any stride >= 1 (the runtime checks it),
@@ -308,8 +364,10 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
         .unroll(p.j)
         .parallel(p.n)
         .allow_race_conditions();
-    schedule_padded_rows(interior, p.interior.x, p.stride, p.input_stride_x, {p.j}, v);
+    schedule_padded_rows(interior, p.interior.x, p.stride, p.input_stride_x, {p.j}, pack_v);
     p.packed_weights.compute_root().bound(p.j, 0, pair).unroll(p.j);
+    // Lanes along output channels load (j, v channels) as one dense vector.
+    if (channel_lanes) p.packed_weights.reorder_storage(p.j, p.k, p.x, p.y, p.channel_group);
 
     if (p.correction.defined()) {
         // The weight offset's correction: channel sums of the unpadded input (dense vectors

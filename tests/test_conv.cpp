@@ -22,6 +22,8 @@
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
+#include "conv_forward_unsigned_channels_32_variants.h"
+#include "conv_forward_unsigned_channels_64_variants.h"
 #include "conv_forward_unsigned_variants.h"
 #include "conv_forward_unsigned_wide_variants.h"
 #include "conv_forward_variants.h"
@@ -272,10 +274,12 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
 
 // On full-width AVX-512 VNNI, stride-1 layers on wide maps take the 16-lane kernels
 // (runtime/conv.cpp: forward outputs at least 32 wide through conv_forward_unsigned_wide,
-// backward-data results at least 16 wide through conv_backward_data_wide), and weight
+// backward-data results at least 16 wide through conv_backward_data_wide), forward layers of
+// 32 or more output channels and windows over 1x1 the kernels with lanes along output
+// channels (conv_forward_unsigned_channels_32 and _64, either stride), and weight
 // gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
-// instead of conv_backward_weight_unsigned_16. Forced on and off in turn: each against the
-// float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
+// instead of conv_backward_weight_unsigned_16 (the others keep conv_backward_weight_unsigned). Forced on and off in
+// turn: each against the float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
 // way). Partial tiles of lanes, rows and channels; activations grouped per sample and per
 // channel (shifted weights); one shape of each too narrow or strided, which must keep the
 // main forward and backward-data kernels.
@@ -283,9 +287,10 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
     if (kernels::conv_forward_unsigned.selected_isa() != Isa::avx512_vnni)
         GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
     uint32_t seed = 500;
-    const std::vector<ConvShape> layers = {make_shape(2, 7, 34, 5, 3, 1), make_shape(1, 9, 33, 19, 1, 1),
-                                           make_shape(2, 6, 16, 9, 5, 1), make_shape(1, 5, 14, 6, 3, 1),
-                                           make_shape(2, 6, 40, 9, 3, 2)};
+    const std::vector<ConvShape> layers = {
+        make_shape(2, 7, 34, 5, 3, 1),  make_shape(1, 9, 33, 19, 1, 1), make_shape(2, 6, 16, 9, 5, 1),
+        make_shape(1, 5, 14, 6, 3, 1),  make_shape(2, 6, 40, 9, 3, 2),  make_shape(2, 7, 9, 37, 3, 1),
+        make_shape(1, 5, 13, 67, 3, 2), make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1)};
     for (const ConvShape &s : layers) {
         for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
             SCOPED_TRACE(std::string(a_format) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
@@ -303,7 +308,9 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
             std::vector<Tensor> forward, backward_data, backward_weight;
             for (bool full_width : {true, false}) {
                 force_full_width_avx512(full_width);
-                const uint64_t forward_before = kernels::conv_forward_unsigned_wide.calls(),
+                const uint64_t lanes_32_before = kernels::conv_forward_unsigned_channels_32.calls(),
+                               lanes_64_before = kernels::conv_forward_unsigned_channels_64.calls(),
+                               forward_before = kernels::conv_forward_unsigned_wide.calls(),
                                data_before = kernels::conv_backward_data_wide.calls(),
                                weight_before = kernels::conv_backward_weight_unsigned_16_wide.calls();
                 forward.push_back(conv_forward(a, w, g));
@@ -311,14 +318,22 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 backward_weight.push_back(conv_backward_weight(e, a, int(s.K), g));
                 expect_close(backward_weight.back(), reference::conv_backward_weight(s, ev, av),
                              reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-6, "backward-weight");
-                EXPECT_EQ(kernels::conv_backward_weight_unsigned_16_wide.calls() > weight_before, full_width)
+                EXPECT_EQ(kernels::conv_backward_weight_unsigned_16_wide.calls() > weight_before,
+                          full_width && s.O < 32)
                     << "backward-weight wide, full width " << full_width;
                 expect_close(forward.back(), reference::conv_forward(s, av, wv),
                              reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
                 expect_close(backward_data.back(), reference::conv_backward_data(s, ev, wv),
                              reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-6, "backward-data");
+                const bool channel_lanes = full_width && s.K > 1 && s.O >= 32;
+                EXPECT_EQ(kernels::conv_forward_unsigned_channels_32.calls() > lanes_32_before,
+                          channel_lanes && s.O < 64)
+                    << "forward, 32 channel lanes, full width " << full_width;
+                EXPECT_EQ(kernels::conv_forward_unsigned_channels_64.calls() > lanes_64_before,
+                          channel_lanes && s.O >= 64)
+                    << "forward, 64 channel lanes, full width " << full_width;
                 EXPECT_EQ(kernels::conv_forward_unsigned_wide.calls() > forward_before,
-                          full_width && s.stride == 1 && s.out_w() >= 32)
+                          full_width && !channel_lanes && s.stride == 1 && s.out_w() >= 32)
                     << "forward wide, full width " << full_width;
                 EXPECT_EQ(kernels::conv_backward_data_wide.calls() > data_before,
                           full_width && s.stride == 1 && s.W >= 16)
