@@ -28,8 +28,13 @@
 
 #include "conv.h"
 #include "conv_backward_data_narrow_variants.h"
+#include "conv_backward_weight_unsigned_16_variants.h"
+#include "conv_backward_weight_unsigned_16_wide_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
+#include "conv_forward_unsigned_channels_32_variants.h"
+#include "conv_forward_unsigned_channels_64_variants.h"
 #include "conv_forward_unsigned_variants.h"
+#include "conv_forward_unsigned_wide_variants.h"
 #include "dispatch.h"
 #include "median.h"
 #include "peak.h"
@@ -87,11 +92,13 @@ std::map<std::pair<std::string, std::string>, double> run_pytorch(int threads, i
     return ms;
 }
 
-// Calls so far of the kernels that multiply uint8 by int8 (the others: int16 pairs, or 4-term
-// dot products on VNNI, whose peak is the same).
+// Calls so far of the kernels that multiply uint8 by int8, the shape-chosen ones included (the
+// others: int16 pairs, or 4-term dot products on VNNI, whose peak is the same).
 uint64_t uint8_kernel_calls() {
-    return kernels::conv_forward_unsigned.calls() + kernels::conv_backward_weight_unsigned.calls() +
-           kernels::conv_backward_data_narrow.calls();
+    return kernels::conv_forward_unsigned.calls() + kernels::conv_forward_unsigned_wide.calls() +
+           kernels::conv_forward_unsigned_channels_32.calls() + kernels::conv_forward_unsigned_channels_64.calls() +
+           kernels::conv_backward_weight_unsigned.calls() + kernels::conv_backward_weight_unsigned_16.calls() +
+           kernels::conv_backward_weight_unsigned_16_wide.calls() + kernels::conv_backward_data_narrow.calls();
 }
 
 struct Row {
