@@ -10,6 +10,8 @@
 #include <optional>
 #include <set>
 
+#include "conv_backward_data_channels_32_variants.h"
+#include "conv_backward_data_channels_64_variants.h"
 #include "conv_backward_data_float_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
@@ -104,14 +106,15 @@ bool wide_tile(bool four_term, int stride, int64_t width, int64_t least_width) {
     return four_term && stride == 1 && width >= least_width && full_width_avx512();
 }
 
-// The forward kernels with lanes along output channels (conv_forward_unsigned_channels_*,
-// schedules/tuned/): their tile's channel count for a layer of O output channels and K x K
-// windows, or 0 for the other kernels. On full-width AVX-512 VNNI (Zen 5: 1.3-1.5x the main
-// tiles on ResNet-20's 3x3 layers of 32 and 64 channels, either stride); fewer channels would
-// leave lanes idle, and 1x1 layers measured no faster.
-int64_t channel_lane_tile(bool four_term, int64_t O, int64_t K) {
-    if (!four_term || K == 1 || !full_width_avx512()) return 0;
-    return O >= 64 ? 64 : O >= 32 ? 32 : 0;
+// The kernels with lanes along output channels (conv_forward_unsigned_channels_*,
+// conv_backward_data_channels_*, schedules/tuned/): their tile's channel count for a pass of
+// `channels` output channels over windows of `taps` taps, or 0 for the other kernels. On
+// full-width AVX-512 VNNI (Zen 5, forward: 1.3-1.5x the main tiles on ResNet-20's 3x3 layers
+// of 32 and 64 channels, either stride); fewer channels would leave lanes idle, and 1x1
+// layers measured no faster.
+int64_t channel_lane_tile(bool four_term, int64_t channels, int64_t taps) {
+    if (!four_term || taps == 1 || !full_width_avx512()) return 0;
+    return channels >= 64 ? 64 : channels >= 32 ? 32 : 0;
 }
 
 // One piece of a quantized operand whose group scale does not vary along a pass's
@@ -583,7 +586,7 @@ Tensor conv_forward(const QuantizedTensor &input, const QuantizedTensor &weights
             Buffer<const double> sab(sa.data(), {int(N)}), swb(sw.data(), {int(O)});
             auto ob = nchw(out.data(), out_shape);
             auto run = [&](Buffer<const int8_t> ab, int stride, int pad) {
-                const int64_t lane_channels = chunk > 0 ? channel_lane_tile(four_term, O, K) : 0;
+                const int64_t lane_channels = chunk > 0 ? channel_lane_tile(four_term, O, K * K) : 0;
                 if (lane_channels == 64) {
                     kernels::conv_forward_unsigned_channels_64(ab, wb, sab, swb, shift_buffer, stride, pad, chunk, ob);
                 } else if (lane_channels == 32) {
@@ -648,9 +651,16 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
                     const int64_t taps = ws[2] * ws[3];
                     const int chunk =
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
+                    const int64_t lanes = g.stride == 1 ? channel_lane_tile(four_term, C, taps) : 0;
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
                                                            phases, pad_x, pad_y, chunk, o, add, o);
+                    } else if (lanes == 64) {
+                        kernels::conv_backward_data_channels_64(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
+                                                                pad_y, o, add, o);
+                    } else if (lanes == 32) {
+                        kernels::conv_backward_data_channels_32(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
+                                                                pad_y, o, add, o);
                     } else if (wide_tile(four_term, g.stride, input_shape[3], kWideBackwardDataWidth)) {
                         kernels::conv_backward_data_wide(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y,
                                                          o, add, o);

@@ -248,7 +248,8 @@ Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int ti
     return update;
 }
 
-// The register tile with lanes along output channels (4-term dot products, forward): tile_x
+// The register tile with lanes along output channels (4-term dot products; forward, and
+// backward-data of stride-1 layers, whose output channels are the layer's inputs): tile_x
 // pixels x tile_y rows x tile_k channels (whole vectors). Each vpdpbusd multiplies a vector of
 // v output channels' weights, the 4 channels of a group side by side (packed_weights stored
 // (j, k, ...)), by one pixel's 4 input bytes broadcast; a vector of weights serves the
@@ -258,15 +259,31 @@ Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int ti
 Stage tile_channel_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int tile_k) {
     const RDom &r = p.reduction;
     Var xo("xo"), xi("xi"), yo("yo"), yi("yi"), ko("ko"), ki("ki"), task("task");
-    p.output.split(p.x, xo, xi, tile_x, TailStrategy::GuardWithIf)
-        .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
-        .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
-        .reorder(xi, ki, yi, xo, yo, ko, p.n)
-        .vectorize(xi)
-        .unroll(ki)
-        .unroll(yi)
-        .fuse(ko, p.n, task)
-        .parallel(task);
+    auto tile_output = [&](Stage out) {
+        out.split(p.x, xo, xi, tile_x, TailStrategy::GuardWithIf)
+            .split(p.y, yo, yi, tile_y, TailStrategy::GuardWithIf)
+            .split(p.k, ko, ki, tile_k, TailStrategy::GuardWithIf)
+            .reorder(xi, ki, yi, xo, yo, ko, p.n)
+            .vectorize(xi)
+            .unroll(ki)
+            .unroll(yi)
+            .fuse(ko, p.n, task)
+            .parallel(task);
+    };
+    if (p.phases.defined()) {
+        // Backward-data: one phase into a dense output only (stride-1 layers; the runtime
+        // passes nothing else), with the addend and without.
+        const Expr dense = p.output_stride_x.defined() ? p.output_stride_x == 1 : Internal::const_true();
+        auto one_phase = [&](Stage out) {
+            tile_output(out);
+            out.specialize(p.phases == 1 && dense);
+            out.specialize_fail("lanes along channels: phases must be 1, into a dense output");
+        };
+        one_phase(p.output.specialize(p.accumulate));
+        one_phase(p.output);
+    } else {
+        tile_output(p.output);
+    }
     p.accumulator.compute_at(p.output, xo)
         .bound_extent(p.x, tile_x)
         .bound_extent(p.y, tile_y)
@@ -317,7 +334,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     const int tile_x = std::max(1, params.tile_x), tile_y = std::max(1, params.tile_y);
     const int tile_k = std::max(1, params.tile_channels);
     const RDom &r = p.reduction;
-    const bool channel_lanes = params.channel_lanes && p.group == 4 && !p.narrow_sum.defined() && !p.phases.defined();
+    const bool channel_lanes = params.channel_lanes && p.group == 4 && !p.narrow_sum.defined();
     Stage update = channel_lanes ? tile_channel_lanes(p, v, tile_x, tile_y, tile_k)
                                  : tile_position_lanes(p, v, tile_x, tile_y, tile_k);
     // A constant stride turns the operand loads into dense vector loads (at stride 2 from the

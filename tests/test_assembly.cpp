@@ -78,7 +78,8 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
           "conv_backward_weight_unsigned_avx512_vnni.s", "conv_backward_weight_unsigned_16_avx512_vnni.s",
           "conv_forward_unsigned_wide_avx512_vnni.s", "conv_backward_data_wide_avx512_vnni.s",
           "conv_backward_weight_unsigned_16_wide_avx512_vnni.s", "conv_forward_unsigned_channels_32_avx512_vnni.s",
-          "conv_forward_unsigned_channels_64_avx512_vnni.s"}) {
+          "conv_forward_unsigned_channels_64_avx512_vnni.s", "conv_backward_data_channels_32_avx512_vnni.s",
+          "conv_backward_data_channels_64_avx512_vnni.s"}) {
         EXPECT_TRUE(vnni_hot_loop_uses(pass, "vpdpbusd")) << pass;
     }
     // The width-chosen tiles and the channel lanes are 16 lanes of int32: zmm.

@@ -13,6 +13,8 @@
 #include <HalideBuffer.h>
 
 #include "conv.h"
+#include "conv_backward_data_channels_32_variants.h"
+#include "conv_backward_data_channels_64_variants.h"
 #include "conv_backward_data_dot4_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
@@ -189,16 +191,17 @@ TEST(IntegerConv, StridedBackwardDataInterleavesPhases) {
 // conv_backward_data_add adds dA into the gradient there in the kernels' store (a residual
 // block's two paths): bit for bit that gradient plus conv_backward_data's result, for every
 // way backward-data runs: stride 1, merged stride-2 phases, a 1x1 stride-2 layer (a strided
-// view of dA, no zero fill), the narrow (4-bit), pair (8-bit) and float32 kernels, and
-// errors grouped along the reduction (exponent classes summed on the host).
+// view of dA, no zero fill), the narrow (4-bit), pair (8-bit) and float32 kernels, lanes
+// along channels (37 input channels, on full-width AVX-512 VNNI), and errors grouped along
+// the reduction (exponent classes summed on the host).
 TEST(IntegerConv, BackwardDataAddsIntoTheGradient) {
     uint32_t seed = 300;
     struct Case {
-        int64_t K, stride, pad;
+        int64_t C, K, stride, pad;
     };
     int narrow_runs = 0, pair_runs = 0;
-    for (const Case c : {Case{3, 1, 1}, Case{3, 2, 1}, Case{1, 2, 0}}) {
-        const ConvShape s{2, 5, 11, 10, 7, c.K, c.stride, c.pad};
+    for (const Case c : {Case{5, 3, 1, 1}, Case{5, 3, 2, 1}, Case{5, 1, 2, 0}, Case{37, 3, 1, 1}}) {
+        const ConvShape s{2, c.C, 11, 10, 7, c.K, c.stride, c.pad};
         const ConvGeometry g{int(c.stride), int(c.pad)};
         const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, c.K, c.K};
         const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
@@ -276,7 +279,8 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
 // (runtime/conv.cpp: forward outputs at least 32 wide through conv_forward_unsigned_wide,
 // backward-data results at least 16 wide through conv_backward_data_wide), forward layers of
 // 32 or more output channels and windows over 1x1 the kernels with lanes along output
-// channels (conv_forward_unsigned_channels_32 and _64, either stride), and weight
+// channels (conv_forward_unsigned_channels_32 and _64, either stride; backward-data of
+// stride-1 layers of 32 or more input channels conv_backward_data_channels_*), and weight
 // gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
 // instead of conv_backward_weight_unsigned_16 (the others keep conv_backward_weight_unsigned). Forced on and off in
 // turn: each against the float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
@@ -308,7 +312,9 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
             std::vector<Tensor> forward, backward_data, backward_weight;
             for (bool full_width : {true, false}) {
                 force_full_width_avx512(full_width);
-                const uint64_t lanes_32_before = kernels::conv_forward_unsigned_channels_32.calls(),
+                const uint64_t data_lanes_32_before = kernels::conv_backward_data_channels_32.calls(),
+                               data_lanes_64_before = kernels::conv_backward_data_channels_64.calls(),
+                               lanes_32_before = kernels::conv_forward_unsigned_channels_32.calls(),
                                lanes_64_before = kernels::conv_forward_unsigned_channels_64.calls(),
                                forward_before = kernels::conv_forward_unsigned_wide.calls(),
                                data_before = kernels::conv_backward_data_wide.calls(),
@@ -335,8 +341,15 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 EXPECT_EQ(kernels::conv_forward_unsigned_wide.calls() > forward_before,
                           full_width && !channel_lanes && s.stride == 1 && s.out_w() >= 32)
                     << "forward wide, full width " << full_width;
+                const bool data_lanes = full_width && s.K > 1 && s.stride == 1 && s.C >= 32;
+                EXPECT_EQ(kernels::conv_backward_data_channels_32.calls() > data_lanes_32_before,
+                          data_lanes && s.C < 64)
+                    << "backward-data, 32 channel lanes, full width " << full_width;
+                EXPECT_EQ(kernels::conv_backward_data_channels_64.calls() > data_lanes_64_before,
+                          data_lanes && s.C >= 64)
+                    << "backward-data, 64 channel lanes, full width " << full_width;
                 EXPECT_EQ(kernels::conv_backward_data_wide.calls() > data_before,
-                          full_width && s.stride == 1 && s.W >= 16)
+                          full_width && !data_lanes && s.stride == 1 && s.W >= 16)
                     << "backward-data wide, full width " << full_width;
             }
             EXPECT_EQ(0, std::memcmp(forward[0].data(), forward[1].data(), size_t(forward[0].numel()) * sizeof(float)))
