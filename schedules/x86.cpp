@@ -88,11 +88,16 @@ void schedule_padded_rows(Stage interior, const RVar &x, const Expr &stride, con
     RVar column_pair("column_pair"), column_phase("column_phase");
     std::vector<VarOrRVar> order = inner;
     order.insert(order.end(), {column_phase, column_pair});
-    interior.specialize(stride == 2)
-        .split(x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
-        .reorder(order)
-        .unroll(column_phase)
-        .vectorize(column_pair, v, TailStrategy::GuardWithIf);
+    // At most 8 lanes of column pairs: a 16-column row (8x8 outputs) is 8 pairs, which 16
+    // lanes would store entirely in the guarded tail, lane by lane.
+    Stage pairs = interior.specialize(stride == 2)
+                      .split(x, column_pair, column_phase, 2, TailStrategy::GuardWithIf)
+                      .reorder(order)
+                      .unroll(column_phase)
+                      .vectorize(column_pair, std::min(v, 8), TailStrategy::GuardWithIf);
+    // A dense source (all the runtime passes at stride 2): each phase's vector is then one
+    // dense load and a deinterleave, where a symbolic x stride gathers byte by byte.
+    if (input_stride_x.defined()) pairs.specialize(input_stride_x == 1);
 }
 
 }  // namespace
