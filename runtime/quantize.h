@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "format.h"
+#include "memory.h"
 #include "tensor.h"
 
 namespace lowbit {
@@ -35,7 +36,7 @@ struct QuantizedTensor {
     TensorRole role = TensorRole::activation;
     Shape shape;
     GroupView view;
-    std::vector<int8_t> values;            // q, row-major like the source tensor
+    KernelBytes values;                    // q, row-major like the source tensor (set by the kernels)
     std::vector<uint8_t> group_exponents;  // e_g, in the order of GroupView's grid
     float scale = 0.0f;                    // S = max |x|
 

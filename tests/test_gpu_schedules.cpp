@@ -119,7 +119,7 @@ TEST_F(GpuSchedules, QuantizeMatchesCpu) {
                           std::vector<float>(expected.data(), expected.data() + expected.numel()));
             }
             finish(out);
-            EXPECT_EQ(values, cpu.values);
+            EXPECT_EQ(values, std::vector<int8_t>(cpu.values.begin(), cpu.values.end()));
         }
     }
 }
