@@ -12,6 +12,8 @@
 
 #include "conv_backward_data_channels_32_variants.h"
 #include "conv_backward_data_channels_64_variants.h"
+#include "conv_backward_data_float_channels_32_variants.h"
+#include "conv_backward_data_float_channels_64_variants.h"
 #include "conv_backward_data_float_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
@@ -21,6 +23,8 @@
 #include "conv_backward_weight_unsigned_16_wide_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
+#include "conv_forward_float_channels_32_variants.h"
+#include "conv_forward_float_channels_64_variants.h"
 #include "conv_forward_float_variants.h"
 #include "conv_forward_unsigned_channels_32_variants.h"
 #include "conv_forward_unsigned_channels_64_variants.h"
@@ -107,13 +111,14 @@ bool wide_tile(bool four_term, int stride, int64_t width, int64_t least_width) {
 }
 
 // The kernels with lanes along output channels (conv_forward_unsigned_channels_*,
-// conv_backward_data_channels_*, schedules/tuned/): their tile's channel count for a pass of
-// `channels` output channels over windows of `taps` taps, or 0 for the other kernels. On
-// full-width AVX-512 VNNI (Zen 5, forward: 1.3-1.5x the main tiles on ResNet-20's 3x3 layers
-// of 32 and 64 channels, either stride); fewer channels would leave lanes idle, and 1x1
-// layers measured no faster.
-int64_t channel_lane_tile(bool four_term, int64_t channels, int64_t taps) {
-    if (!four_term || taps == 1 || !full_width_avx512()) return 0;
+// conv_backward_data_channels_*, their float32 twins conv_*_float_channels_*;
+// schedules/tuned/): their tile's channel count for a pass of `channels` output channels over
+// windows of `taps` taps, or 0 for the other kernels. Only where the pass's AVX-512 VNNI
+// variant runs (`vnni`: they are built for no other) on a full-width AVX-512 core (Zen 5,
+// integer forward: 1.3-1.5x the main tiles on ResNet-20's 3x3 layers of 32 and 64 channels,
+// either stride); fewer channels would leave lanes idle, and 1x1 layers measured no faster.
+int64_t channel_lane_tile(bool vnni, int64_t channels, int64_t taps) {
+    if (!vnni || taps == 1 || !full_width_avx512()) return 0;
     return channels >= 64 ? 64 : channels >= 32 ? 32 : 0;
 }
 
@@ -470,7 +475,15 @@ void backward_data_float(const Tensor &errors, const Tensor &weights, const Conv
     backward_data_by_phases(
         w.data(), w.shape(), g, out, accumulate,
         [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
-            kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
+            const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
+            const int64_t lanes = g.stride == 1 ? channel_lane_tile(vnni, out.size(1), ws[2] * ws[3]) : 0;
+            if (lanes == 64) {
+                kernels::conv_backward_data_float_channels_64(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
+            } else if (lanes == 32) {
+                kernels::conv_backward_data_float_channels_32(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
+            } else {
+                kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
+            }
         });
 }
 
@@ -504,7 +517,16 @@ Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeomet
         kernels::conv_forward_float(strided_view(a.data(), a.shape(), out_shape, g.stride), wb, 1, 0, ob);
         return out;
     }
-    kernels::conv_forward_float(nchw(a.data(), a.shape()), wb, g.stride, g.pad, ob);
+    const bool vnni = kernels::conv_forward_float.selected_isa() == Isa::avx512_vnni;
+    const int64_t lanes = channel_lane_tile(vnni, out_shape[1], w.size(2) * w.size(3));
+    auto ab = nchw(a.data(), a.shape());
+    if (lanes == 64) {
+        kernels::conv_forward_float_channels_64(ab, wb, g.stride, g.pad, ob);
+    } else if (lanes == 32) {
+        kernels::conv_forward_float_channels_32(ab, wb, g.stride, g.pad, ob);
+    } else {
+        kernels::conv_forward_float(ab, wb, g.stride, g.pad, ob);
+    }
     return out;
 }
 

@@ -253,11 +253,12 @@ Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int ti
     return update;
 }
 
-// The register tile with lanes along output channels (4-term dot products; forward, and
-// backward-data of stride-1 layers, whose output channels are the layer's inputs): tile_x
-// pixels x tile_y rows x tile_k channels (whole vectors). Each vpdpbusd multiplies a vector of
-// v output channels' weights, the 4 channels of a group side by side (packed_weights stored
-// (j, k, ...)), by one pixel's 4 input bytes broadcast; a vector of weights serves the
+// The register tile with lanes along output channels (4-term dot products and float32;
+// forward, and backward-data of stride-1 layers, whose output channels are the layer's
+// inputs): tile_x pixels x tile_y rows x tile_k channels (whole vectors). Each vpdpbusd
+// multiplies a vector of v output channels' weights, the 4 channels of a group side by side
+// (packed_weights stored (j, k, ...)), by one pixel's 4 input bytes broadcast (float32: each
+// FMA a vector of weights by one input value broadcast); a vector of weights serves the
 // tile's pixels and a broadcast its channel vectors. Unlike lanes along x, no lane idles on
 // an 8-column map, and stride 2 reads one pixel per broadcast, not a gathered row.
 // The output is stored along x (NCHW): tile_x pixels of a channel per store.
@@ -300,7 +301,8 @@ Stage tile_channel_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int til
         .unroll(p.x)
         .unroll(p.y);
     Stage update = p.accumulator.update();
-    update.reorder(r[0], p.k, p.x, p.y, r[1], r[2], r[3], p.n).atomic().vectorize(r[0]);
+    update.reorder(r[0], p.k, p.x, p.y, r[1], r[2], r[3], p.n);
+    if (p.group > 1) update.atomic().vectorize(r[0]);
     update.vectorize(p.k, v).unroll(p.k).unroll(p.x).unroll(p.y);
     return update;
 }
@@ -325,7 +327,9 @@ Stage tile_channel_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int til
 // Zen 5, session 14: lanes along output channels (tile_channel_lanes, the
 // conv_forward_unsigned_channels_* kernels for 3x3 layers of 32 or more channels) 215-279 G
 // MAC/s on the stride-2 layers, 457-461 on 32->32 and 420-497 on 64->64 8x8 (0.6-0.8 of the
-// vpdpbusd peak measured in the same run), 1.3-1.5x the position lanes' tiles.
+// vpdpbusd peak measured in the same run), 1.3-1.5x the position lanes' tiles. Session 16, the
+// float32 twins (conv_*_float_channels_*): forward 121-123 G MAC/s on 32->32, 119-121
+// on 64->64 (0.6 of the FMA peak), 1.2-1.6x the 16 x 2 x 8 position tile.
 //   - each thread takes (output-channel tile, sample) pairs;
 //   - the output is tiled as (v * tile_x x positions) x (tile_y rows) x (tile_channels
 //     channels); the accumulators of one tile live in registers for the whole reduction
@@ -339,7 +343,7 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
     const int tile_x = std::max(1, params.tile_x), tile_y = std::max(1, params.tile_y);
     const int tile_k = std::max(1, params.tile_channels);
     const RDom &r = p.reduction;
-    const bool channel_lanes = params.channel_lanes && p.group == 4 && !p.narrow_sum.defined();
+    const bool channel_lanes = params.channel_lanes && (p.group == 4 || p.group == 1) && !p.narrow_sum.defined();
     Stage update = channel_lanes ? tile_channel_lanes(p, v, tile_x, tile_y, tile_k)
                                  : tile_position_lanes(p, v, tile_x, tile_y, tile_k);
     // A constant stride turns the operand loads into dense vector loads (at stride 2 from the

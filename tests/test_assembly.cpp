@@ -101,6 +101,15 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     EXPECT_TRUE(hot_loop_uses("conv_backward_data_narrow_avx2.s", "vpmaddubsw", "ymm"));
 }
 
+TEST(Assembly, FloatConvolutionsWithChannelLanesUseZmmFma) {
+    // One FMA of 16 output channels' weights by a broadcast input value.
+    for (const char *pass :
+         {"conv_forward_float_channels_32_avx512_vnni.s", "conv_forward_float_channels_64_avx512_vnni.s",
+          "conv_backward_data_float_channels_32_avx512_vnni.s", "conv_backward_data_float_channels_64_avx512_vnni.s"}) {
+        EXPECT_TRUE(hot_loop_uses(pass, "vfmadd231ps", "zmm")) << pass;
+    }
+}
+
 // The avx512_vnni variants run wherever the Cannon Lake AVX-512 set and VNNI are
 // (runtime/dispatch.cpp). Sapphire Rapids has more, and Halide's code for it used
 // AVX512-FP16's vmovw, which faults on AMD Zen 4: the build now generates this variant's

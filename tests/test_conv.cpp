@@ -16,6 +16,8 @@
 #include "conv_backward_data_channels_32_variants.h"
 #include "conv_backward_data_channels_64_variants.h"
 #include "conv_backward_data_dot4_variants.h"
+#include "conv_backward_data_float_channels_32_variants.h"
+#include "conv_backward_data_float_channels_64_variants.h"
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_data_wide_variants.h"
@@ -24,6 +26,9 @@
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
+#include "conv_forward_float_channels_32_variants.h"
+#include "conv_forward_float_channels_64_variants.h"
+#include "conv_forward_float_variants.h"
 #include "conv_forward_unsigned_channels_32_variants.h"
 #include "conv_forward_unsigned_channels_64_variants.h"
 #include "conv_forward_unsigned_variants.h"
@@ -961,6 +966,52 @@ TEST(FloatConv, AgainstFloat64Reference) {
         expect_close(conv_backward_weight(e, a, int(s.K), g), reference::conv_backward_weight(s, ev, av),
                      reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-5, "backward-weight");
     }
+}
+
+// On full-width AVX-512, float32 layers of 32 or more output channels over windows larger
+// than 1x1 run with lanes along output channels (conv_forward_float_channels_32 and _64, either
+// stride; backward-data of stride-1 layers of 32 or more input channels
+// conv_backward_data_float_channels_*). Forced on and off in turn, each against the float64
+// reference: partial tiles of channels (37, 67) and of pixels, K 3 and 5, and the shapes too
+// narrow or strided that keep the main kernels.
+TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
+    if (kernels::conv_forward_float.selected_isa() != Isa::avx512_vnni)
+        GTEST_SKIP() << "the float32 channel-lane kernels are built for AVX-512 only";
+    uint32_t seed = 700;
+    const std::vector<ConvShape> layers = {make_shape(2, 37, 9, 40, 3, 1), make_shape(1, 5, 13, 67, 3, 2),
+                                           make_shape(2, 64, 7, 33, 5, 1), make_shape(1, 33, 10, 64, 3, 1),
+                                           make_shape(2, 40, 6, 37, 1, 1), make_shape(1, 7, 9, 5, 3, 1)};
+    for (const ConvShape &s : layers) {
+        SCOPED_TRACE("C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
+                     std::to_string(s.stride));
+        const ConvGeometry g{int(s.stride), int(s.pad)};
+        const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, seed++);
+        const Tensor w = random_tensor({s.O, s.C, s.K, s.K}, seed++);
+        const Tensor e = random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++);
+        const auto av = as_double(a), wv = as_double(w), ev = as_double(e);
+        for (bool full_width : {true, false}) {
+            force_full_width_avx512(full_width);
+            const uint64_t forward_32 = kernels::conv_forward_float_channels_32.calls(),
+                           forward_64 = kernels::conv_forward_float_channels_64.calls(),
+                           data_32 = kernels::conv_backward_data_float_channels_32.calls(),
+                           data_64 = kernels::conv_backward_data_float_channels_64.calls();
+            expect_close(conv_forward(a, w, g), reference::conv_forward(s, av, wv),
+                         reference::conv_forward(s, absolute(av), absolute(wv)), 1e-5, "forward");
+            expect_close(conv_backward_data(e, w, a.shape(), g), reference::conv_backward_data(s, ev, wv),
+                         reference::conv_backward_data(s, absolute(ev), absolute(wv)), 1e-5, "backward-data");
+            const bool lanes = full_width && s.K > 1 && s.O >= 32;
+            EXPECT_EQ(kernels::conv_forward_float_channels_32.calls() > forward_32, lanes && s.O < 64)
+                << "forward, 32 channel lanes, full width " << full_width;
+            EXPECT_EQ(kernels::conv_forward_float_channels_64.calls() > forward_64, lanes && s.O >= 64)
+                << "forward, 64 channel lanes, full width " << full_width;
+            const bool data_lanes = full_width && s.K > 1 && s.stride == 1 && s.C >= 32;
+            EXPECT_EQ(kernels::conv_backward_data_float_channels_32.calls() > data_32, data_lanes && s.C < 64)
+                << "backward-data, 32 channel lanes, full width " << full_width;
+            EXPECT_EQ(kernels::conv_backward_data_float_channels_64.calls() > data_64, data_lanes && s.C >= 64)
+                << "backward-data, 64 channel lanes, full width " << full_width;
+        }
+    }
+    force_full_width_avx512(std::nullopt);
 }
 
 double dot(const Tensor &a, const Tensor &b) {
