@@ -180,20 +180,21 @@ inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &ke
 }
 
 // The schedule knobs every convolution generator exposes as generator parameters.
-#define LOWBIT_CONV_KNOBS                                                                    \
-    GeneratorParam<int> vector_width{"vector_width", 0};                                     \
-    GeneratorParam<int> tile_x{"tile_x", 1};                                                 \
-    GeneratorParam<int> tile_y{"tile_y", 1};                                                 \
-    GeneratorParam<int> tile_channels{"tile_channels", 4};                                   \
-    GeneratorParam<int> window_unroll{"window_unroll", 2};                                   \
-    GeneratorParam<int> task_channel_tiles{"task_channel_tiles", 1};                         \
-    GeneratorParam<int> gpu_threads{"gpu_threads", 64};                                      \
-    /* integer dot width: 2 (int16 pairs) or 4 (u8 x i8); 0 = by target */                   \
-    GeneratorParam<int> dot{"dot", 0};                                                       \
-    GeneratorParam<bool> channel_lanes{"channel_lanes", false};                              \
-    lowbit::schedules::ConvParams params() const {                                           \
-        return {vector_width,       tile_x,      tile_y,       tile_channels, window_unroll, \
-                task_channel_tiles, gpu_threads, channel_lanes};                             \
+#define LOWBIT_CONV_KNOBS                                                                     \
+    GeneratorParam<int> vector_width{"vector_width", 0};                                      \
+    GeneratorParam<int> tile_x{"tile_x", 1};                                                  \
+    GeneratorParam<int> tile_y{"tile_y", 1};                                                  \
+    GeneratorParam<int> tile_channels{"tile_channels", 4};                                    \
+    GeneratorParam<int> window_unroll{"window_unroll", 2};                                    \
+    GeneratorParam<int> task_channel_tiles{"task_channel_tiles", 1};                          \
+    GeneratorParam<int> gpu_threads{"gpu_threads", 64};                                       \
+    /* integer dot width: 2 (int16 pairs) or 4 (u8 x i8); 0 = by target */                    \
+    GeneratorParam<int> dot{"dot", 0};                                                        \
+    GeneratorParam<bool> channel_lanes{"channel_lanes", false};                               \
+    GeneratorParam<int> tile_taps{"tile_taps", 1};                                            \
+    lowbit::schedules::ConvParams params() const {                                            \
+        return {vector_width,       tile_x,      tile_y,        tile_channels, window_unroll, \
+                task_channel_tiles, gpu_threads, channel_lanes, tile_taps};                   \
     }
 
 template <class Pipeline>

@@ -59,6 +59,11 @@ struct ConvParams {
     // output channels (tile_x is then the pixels of a tile, tile_channels a multiple of the
     // vector width), not along x.
     bool channel_lanes = false;
+    // backward-weight: taps of a window row (kx) per register tile, so that one loaded error
+    // vector meets tile_channels x tile_taps broadcast inputs and a window row's inputs are
+    // read once, not once per tap. Past the window's width the tile computes taps nobody
+    // reads: worth it only where the width is a multiple.
+    int tile_taps = 1;
 };
 
 // conv_forward and conv_backward_data: a stride-s correlation of a padded operand with a

@@ -430,6 +430,8 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
 // vpmaddubsw peak measured in the same run, 1.1-5.3x PyTorch float32), float32 12-38.
 // AVX-512 VNNI (Zen 4, session 11; unsigned inputs as 4-term vpdpbusd over groups of 4 x):
 // 89-258 G MAC/s (0.19-0.55 of the vpdpbusd peak, 1.1-2.8x PyTorch), float32 41-77.
+// float32 3x3 with a window row's 3 taps per tile (tile_taps, session 17, Zen 5): 57-61 G
+// MAC/s on 16->16, 83-87 on 32->32 and 64->64 (0.4 of the FMA peak), 1.15-1.5x one tap.
 // Weight gradients: each thread takes (o tile, task_channel_tiles c tiles) tasks and runs
 // over all samples, each sample's c tiles in turn (so its error slice, loaded once, serves
 // them all); per sample and kernel offset, a register tile of (tile_x vectors of output channels) x
@@ -447,38 +449,43 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     // along (dense vector loads and stores, not gathers and scattered scalars); output
     // transposes it once.
     p.total.compute_root().reorder_storage(p.o, p.c, p.kx, p.ky);
-    Var channel_block("channel_block"), channel_tile("channel_tile");
-    p.total.update()
-        .split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
+    const int tile_taps = std::max(1, params.tile_taps);
+    Var channel_block("channel_block"), channel_tile("channel_tile"), kxo("kxo"), kxi("kxi");
+    Stage total = p.total.update();
+    total.split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
         .split(p.c, co, ci, tile_c, TailStrategy::GuardWithIf)
-        .split(co, channel_block, channel_tile, std::max(1, params.task_channel_tiles), TailStrategy::GuardWithIf)
-        .reorder(oi, ci, p.kx, p.ky, channel_tile, p.samples.x, channel_block, oo)
-        .vectorize(oi, v)
-        .unroll(oi)
-        .unroll(ci)
-        .fuse(channel_block, oo, task)
-        .parallel(task);
+        .split(co, channel_block, channel_tile, std::max(1, params.task_channel_tiles), TailStrategy::GuardWithIf);
+    if (tile_taps > 1) {
+        total.split(p.kx, kxo, kxi, tile_taps, TailStrategy::GuardWithIf)
+            .reorder(oi, ci, kxi, kxo, p.ky, channel_tile, p.samples.x, channel_block, oo)
+            .unroll(kxi);
+    } else {
+        total.reorder(oi, ci, p.kx, p.ky, channel_tile, p.samples.x, channel_block, oo);
+    }
+    total.vectorize(oi, v).unroll(oi).unroll(ci).fuse(channel_block, oo, task).parallel(task);
 
-    // The register tile: tile_x vectors of output channels x tile_channels inputs, so each
-    // loaded error vector meets tile_channels broadcast inputs and each broadcast tile_x
-    // error vectors.
-    p.partial.compute_at(p.total, p.kx)
+    // The register tile: tile_x vectors of output channels x tile_channels inputs (x tile_taps
+    // taps), so each loaded error vector meets tile_channels (x tile_taps) broadcast inputs
+    // and each broadcast tile_x error vectors.
+    p.partial.compute_at(p.total, tile_taps > 1 ? kxo : p.kx)
         .bound_extent(p.o, tile_o)
         .bound_extent(p.c, tile_c)
+        .bound_extent(p.kx, tile_taps)
         .store_in(MemoryType::Register)
         .vectorize(p.o, v)
         .unroll(p.o)
-        .unroll(p.c);
+        .unroll(p.c)
+        .unroll(p.kx);
     Stage update = p.partial.update();
     if (p.narrow_sum.defined()) {
         // Narrow sums over chunks of rows: the same tile in int16.
         update = schedule_narrow_sums(p.narrow_sum, p.partial, p.chunks.x, r[0], p.q, {{p.o, tile_o}, {p.c, tile_c}},
                                       {r[1], r[2]}, v);
     } else {
-        update.reorder(r[0], p.o, p.c, r[1], r[2], p.kx, p.ky, p.n);
+        update.reorder(r[0], p.o, p.c, p.kx, r[1], r[2], p.ky, p.n);
         if (p.group > 1) update.atomic().vectorize(r[0]);
     }
-    update.vectorize(p.o, v).unroll(p.o).unroll(p.c);
+    update.vectorize(p.o, v).unroll(p.o).unroll(p.c).unroll(p.kx);
 
     // The errors' pack is a transpose (x groups of one channel become lanes beside the other
     // channels'): the group's positions j and the output channels o form one vector, j dense

@@ -102,10 +102,12 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
 }
 
 TEST(Assembly, FloatConvolutionsWithChannelLanesUseZmmFma) {
-    // One FMA of 16 output channels' weights by a broadcast input value.
+    // One FMA of 16 output channels' weights (the weight gradient: errors) by a broadcast
+    // input value.
     for (const char *pass :
          {"conv_forward_float_channels_32_avx512_vnni.s", "conv_forward_float_channels_64_avx512_vnni.s",
-          "conv_backward_data_float_channels_32_avx512_vnni.s", "conv_backward_data_float_channels_64_avx512_vnni.s"}) {
+          "conv_backward_data_float_channels_32_avx512_vnni.s", "conv_backward_data_float_channels_64_avx512_vnni.s",
+          "conv_backward_weight_float_3x3_16_avx512_vnni.s", "conv_backward_weight_float_3x3_32_avx512_vnni.s"}) {
         EXPECT_TRUE(hot_loop_uses(pass, "vfmadd231ps", "zmm")) << pass;
     }
 }

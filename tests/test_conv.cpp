@@ -21,6 +21,9 @@
 #include "conv_backward_data_narrow_variants.h"
 #include "conv_backward_data_variants.h"
 #include "conv_backward_data_wide_variants.h"
+#include "conv_backward_weight_float_3x3_16_variants.h"
+#include "conv_backward_weight_float_3x3_32_variants.h"
+#include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_16_wide_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
@@ -1009,6 +1012,38 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
                 << "backward-data, 32 channel lanes, full width " << full_width;
             EXPECT_EQ(kernels::conv_backward_data_float_channels_64.calls() > data_64, data_lanes && s.C >= 64)
                 << "backward-data, 64 channel lanes, full width " << full_width;
+        }
+    }
+    force_full_width_avx512(std::nullopt);
+}
+
+TEST(FloatConv, WeightGradientWithTapTilesAgainstFloat64Reference) {
+    if (kernels::conv_backward_weight_float.selected_isa() != Isa::avx512_vnni)
+        GTEST_SKIP() << "the float32 3x3 weight-gradient kernels are built for AVX-512 only";
+    uint32_t seed = 800;
+    // Output channels below, at and past a 32-channel tile (with tails), input channels past a
+    // 4-channel tile, both strides, and windows of 5 and 1 that keep the one-tap kernel.
+    const std::vector<ConvShape> layers = {make_shape(2, 37, 9, 40, 3, 1), make_shape(1, 5, 13, 67, 3, 2),
+                                           make_shape(3, 16, 8, 16, 3, 1), make_shape(2, 6, 11, 13, 3, 2),
+                                           make_shape(2, 33, 7, 32, 5, 1), make_shape(2, 9, 6, 35, 1, 1)};
+    for (const ConvShape &s : layers) {
+        SCOPED_TRACE("C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
+                     std::to_string(s.stride));
+        const ConvGeometry g{int(s.stride), int(s.pad)};
+        const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, seed++);
+        const Tensor e = random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++);
+        const auto av = as_double(a), ev = as_double(e);
+        for (bool full_width : {true, false}) {
+            force_full_width_avx512(full_width);
+            const uint64_t tile_16 = kernels::conv_backward_weight_float_3x3_16.calls(),
+                           tile_32 = kernels::conv_backward_weight_float_3x3_32.calls();
+            expect_close(conv_backward_weight(e, a, int(s.K), g), reference::conv_backward_weight(s, ev, av),
+                         reference::conv_backward_weight(s, absolute(ev), absolute(av)), 1e-5, "backward-weight");
+            const bool taps = full_width && s.K == 3;
+            EXPECT_EQ(kernels::conv_backward_weight_float_3x3_16.calls() > tile_16, taps && s.O < 32)
+                << "16-channel tile, full width " << full_width;
+            EXPECT_EQ(kernels::conv_backward_weight_float_3x3_32.calls() > tile_32, taps && s.O >= 32)
+                << "32-channel tile, full width " << full_width;
         }
     }
     force_full_width_avx512(std::nullopt);
