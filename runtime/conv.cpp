@@ -115,7 +115,8 @@ bool wide_tile(bool four_term, int stride, int64_t width, int64_t least_width) {
 // The kernels with lanes along output channels (conv_forward_unsigned_channels_*,
 // conv_backward_data_channels_*, their float32 twins conv_*_float_channels_*;
 // schedules/tuned/): their tile's channel count for a pass of `channels` output channels over
-// windows of `taps` taps, or 0 for the other kernels. Only where the pass's AVX-512 VNNI
+// windows of `taps` taps (backward-data of a strided layer: its merged phases' channels and
+// window), or 0 for the other kernels. Only where the pass's AVX-512 VNNI
 // variant runs (`vnni`: they are built for no other) on a full-width AVX-512 core (Zen 5,
 // integer forward: 1.3-1.5x the main tiles on ResNet-20's 3x3 layers of 32 and 64 channels,
 // either stride); fewer channels would leave lanes idle, and 1x1 layers measured no faster.
@@ -478,7 +479,7 @@ void backward_data_float(const Tensor &errors, const Tensor &weights, const Conv
         w.data(), w.shape(), g, out, accumulate,
         [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
             const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
-            const int64_t lanes = g.stride == 1 ? channel_lane_tile(vnni, out.size(1), ws[2] * ws[3]) : 0;
+            const int64_t lanes = channel_lane_tile(vnni, ws[1], ws[2] * ws[3]);
             if (lanes == 64) {
                 kernels::conv_backward_data_float_channels_64(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
             } else if (lanes == 32) {
@@ -683,7 +684,7 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
                     const int64_t taps = ws[2] * ws[3];
                     const int chunk =
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
-                    const int64_t lanes = g.stride == 1 ? channel_lane_tile(four_term, C, taps) : 0;
+                    const int64_t lanes = channel_lane_tile(four_term, ws[1], taps);
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
                                                            phases, pad_x, pad_y, chunk, o, add, o);

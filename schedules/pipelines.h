@@ -55,7 +55,7 @@ struct ConvParams {
     int window_unroll = 2;       // 3x3 windows: 0 loops, 1 unrolls kx, 2 unrolls kx and ky (forward, backward-data)
     int task_channel_tiles = 1;  // backward-weight: input-channel tiles a task runs per sample
     int gpu_threads = 64;        // threads per block on GPU targets
-    // 4-term dot products and float32 (forward, stride-1 backward-data): vector lanes along
+    // 4-term dot products and float32 (forward, backward-data): vector lanes along
     // output channels (tile_x is then the pixels of a tile, tile_channels a multiple of the
     // vector width), not along x.
     bool channel_lanes = false;

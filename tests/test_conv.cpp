@@ -287,8 +287,8 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
 // (runtime/conv.cpp: forward outputs at least 32 wide through conv_forward_unsigned_wide,
 // backward-data results at least 16 wide through conv_backward_data_wide), forward layers of
 // 32 or more output channels and windows over 1x1 the kernels with lanes along output
-// channels (conv_forward_unsigned_channels_32 and _64, either stride; backward-data of
-// stride-1 layers of 32 or more input channels conv_backward_data_channels_*), and weight
+// channels (conv_forward_unsigned_channels_32 and _64, either stride; backward-data of 32 or
+// more output channels, a stride-2 layer's 4 phases counted, conv_backward_data_channels_*), and weight
 // gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
 // instead of conv_backward_weight_unsigned_16 (the others keep conv_backward_weight_unsigned). Forced on and off in
 // turn: each against the float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
@@ -302,7 +302,8 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
     const std::vector<ConvShape> layers = {
         make_shape(2, 7, 34, 5, 3, 1),  make_shape(1, 9, 33, 19, 1, 1), make_shape(2, 6, 16, 9, 5, 1),
         make_shape(1, 5, 14, 6, 3, 1),  make_shape(2, 6, 40, 9, 3, 2),  make_shape(2, 7, 9, 37, 3, 1),
-        make_shape(1, 5, 13, 67, 3, 2), make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1)};
+        make_shape(1, 5, 13, 67, 3, 2), make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1),
+        make_shape(2, 9, 13, 11, 3, 2), make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2)};
     for (const ConvShape &s : layers) {
         for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
             SCOPED_TRACE(std::string(a_format) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
@@ -349,12 +350,14 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 EXPECT_EQ(kernels::conv_forward_unsigned_wide.calls() > forward_before,
                           full_width && !channel_lanes && s.stride == 1 && s.out_w() >= 32)
                     << "forward wide, full width " << full_width;
-                const bool data_lanes = full_width && s.K > 1 && s.stride == 1 && s.C >= 32;
+                // Backward-data's output channels, a strided layer's phases merged.
+                const int64_t merged = s.C * s.stride * s.stride;
+                const bool data_lanes = full_width && s.K > 1 && merged >= 32;
                 EXPECT_EQ(kernels::conv_backward_data_channels_32.calls() > data_lanes_32_before,
-                          data_lanes && s.C < 64)
+                          data_lanes && merged < 64)
                     << "backward-data, 32 channel lanes, full width " << full_width;
                 EXPECT_EQ(kernels::conv_backward_data_channels_64.calls() > data_lanes_64_before,
-                          data_lanes && s.C >= 64)
+                          data_lanes && merged >= 64)
                     << "backward-data, 64 channel lanes, full width " << full_width;
                 EXPECT_EQ(kernels::conv_backward_data_wide.calls() > data_before,
                           full_width && !data_lanes && s.stride == 1 && s.W >= 16)
@@ -981,9 +984,10 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
     if (kernels::conv_forward_float.selected_isa() != Isa::avx512_vnni)
         GTEST_SKIP() << "the float32 channel-lane kernels are built for AVX-512 only";
     uint32_t seed = 700;
-    const std::vector<ConvShape> layers = {make_shape(2, 37, 9, 40, 3, 1), make_shape(1, 5, 13, 67, 3, 2),
-                                           make_shape(2, 64, 7, 33, 5, 1), make_shape(1, 33, 10, 64, 3, 1),
-                                           make_shape(2, 40, 6, 37, 1, 1), make_shape(1, 7, 9, 5, 3, 1)};
+    const std::vector<ConvShape> layers = {
+        make_shape(2, 37, 9, 40, 3, 1),  make_shape(1, 5, 13, 67, 3, 2), make_shape(2, 64, 7, 33, 5, 1),
+        make_shape(1, 33, 10, 64, 3, 1), make_shape(2, 40, 6, 37, 1, 1), make_shape(1, 7, 9, 5, 3, 1),
+        make_shape(2, 9, 13, 11, 3, 2),  make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2)};
     for (const ConvShape &s : layers) {
         SCOPED_TRACE("C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
                      std::to_string(s.stride));
@@ -1007,10 +1011,11 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
                 << "forward, 32 channel lanes, full width " << full_width;
             EXPECT_EQ(kernels::conv_forward_float_channels_64.calls() > forward_64, lanes && s.O >= 64)
                 << "forward, 64 channel lanes, full width " << full_width;
-            const bool data_lanes = full_width && s.K > 1 && s.stride == 1 && s.C >= 32;
-            EXPECT_EQ(kernels::conv_backward_data_float_channels_32.calls() > data_32, data_lanes && s.C < 64)
+            const int64_t merged = s.C * s.stride * s.stride;  // a strided layer's phases merged
+            const bool data_lanes = full_width && s.K > 1 && merged >= 32;
+            EXPECT_EQ(kernels::conv_backward_data_float_channels_32.calls() > data_32, data_lanes && merged < 64)
                 << "backward-data, 32 channel lanes, full width " << full_width;
-            EXPECT_EQ(kernels::conv_backward_data_float_channels_64.calls() > data_64, data_lanes && s.C >= 64)
+            EXPECT_EQ(kernels::conv_backward_data_float_channels_64.calls() > data_64, data_lanes && merged >= 64)
                 << "backward-data, 64 channel lanes, full width " << full_width;
         }
     }
