@@ -86,7 +86,7 @@ TEST(Assembly, IntegerConvolutionsUseDotProductInstructions) {
     for (const char *pass :
          {"conv_forward_unsigned_wide_avx512_vnni.s", "conv_backward_data_wide_avx512_vnni.s",
           "conv_backward_weight_unsigned_16_wide_avx512_vnni.s", "conv_forward_unsigned_channels_32_avx512_vnni.s",
-          "conv_forward_unsigned_channels_64_avx512_vnni.s"}) {
+          "conv_forward_unsigned_channels_64_avx512_vnni.s", "conv_backward_weight_unsigned_64_avx512_vnni.s"}) {
         EXPECT_TRUE(hot_loop_uses(pass, "vpdpbusd", "zmm")) << pass;
     }
     EXPECT_TRUE(vnni_hot_loop_uses("conv_backward_weight_avx512_vnni.s", "vpdpwssd"));

@@ -26,6 +26,7 @@
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_16_wide_variants.h"
+#include "conv_backward_weight_unsigned_64_variants.h"
 #include "conv_backward_weight_unsigned_variants.h"
 #include "conv_backward_weight_variants.h"
 #include "conv_forward_dot4_variants.h"
@@ -290,11 +291,11 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
 // channels (conv_forward_unsigned_channels_32 and _64, either stride; backward-data of 32 or
 // more output channels, a stride-2 layer's 4 phases counted, conv_backward_data_channels_*), and weight
 // gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
-// instead of conv_backward_weight_unsigned_16 (the others keep conv_backward_weight_unsigned). Forced on and off in
-// turn: each against the float64 reference, and the two bit-identical (the same exact integer sums, scaled the same
-// way). Partial tiles of lanes, rows and channels; activations grouped per sample and per
-// channel (shifted weights); one shape of each too narrow or strided, which must keep the
-// main forward and backward-data kernels.
+// instead of conv_backward_weight_unsigned_16, those of stride 1 and 64 or more conv_backward_weight_unsigned_64 (the
+// others keep conv_backward_weight_unsigned). Forced on and off in turn: each against the float64 reference, and the
+// two bit-identical (the same exact integer sums, scaled the same way). Partial tiles of lanes, rows and channels;
+// activations grouped per sample and per channel (shifted weights); one shape of each too narrow or strided, which must
+// keep the main forward and backward-data kernels.
 TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
     if (kernels::conv_forward_unsigned.selected_isa() != Isa::avx512_vnni)
         GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
@@ -303,7 +304,8 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
         make_shape(2, 7, 34, 5, 3, 1),  make_shape(1, 9, 33, 19, 1, 1), make_shape(2, 6, 16, 9, 5, 1),
         make_shape(1, 5, 14, 6, 3, 1),  make_shape(2, 6, 40, 9, 3, 2),  make_shape(2, 7, 9, 37, 3, 1),
         make_shape(1, 5, 13, 67, 3, 2), make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1),
-        make_shape(2, 9, 13, 11, 3, 2), make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2)};
+        make_shape(2, 9, 13, 11, 3, 2), make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2),
+        make_shape(2, 11, 10, 66, 3, 1)};
     for (const ConvShape &s : layers) {
         for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
             SCOPED_TRACE(std::string(a_format) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
@@ -327,7 +329,8 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                                lanes_64_before = kernels::conv_forward_unsigned_channels_64.calls(),
                                forward_before = kernels::conv_forward_unsigned_wide.calls(),
                                data_before = kernels::conv_backward_data_wide.calls(),
-                               weight_before = kernels::conv_backward_weight_unsigned_16_wide.calls();
+                               weight_before = kernels::conv_backward_weight_unsigned_16_wide.calls(),
+                               weight_64_before = kernels::conv_backward_weight_unsigned_64.calls();
                 forward.push_back(conv_forward(a, w, g));
                 backward_data.push_back(conv_backward_data(e, w, a_shape, g));
                 backward_weight.push_back(conv_backward_weight(e, a, int(s.K), g));
@@ -336,6 +339,9 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 EXPECT_EQ(kernels::conv_backward_weight_unsigned_16_wide.calls() > weight_before,
                           full_width && s.O < 32)
                     << "backward-weight wide, full width " << full_width;
+                EXPECT_EQ(kernels::conv_backward_weight_unsigned_64.calls() > weight_64_before,
+                          full_width && s.O >= 64 && s.stride == 1)
+                    << "backward-weight 64 channels, full width " << full_width;
                 expect_close(forward.back(), reference::conv_forward(s, av, wv),
                              reference::conv_forward(s, absolute(av), absolute(wv)), 1e-6, "forward");
                 expect_close(backward_data.back(), reference::conv_backward_data(s, ev, wv),
