@@ -481,13 +481,10 @@ void backward_data_float(const Tensor &errors, const Tensor &weights, const Conv
         [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
             const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
             const int64_t lanes = channel_lane_tile(vnni, ws[1], ws[2] * ws[3]);
-            if (lanes == 64) {
-                kernels::conv_backward_data_float_channels_64(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
-            } else if (lanes == 32) {
-                kernels::conv_backward_data_float_channels_32(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
-            } else {
-                kernels::conv_backward_data_float(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
-            }
+            auto &kernel = lanes == 64   ? kernels::conv_backward_data_float_channels_64
+                           : lanes == 32 ? kernels::conv_backward_data_float_channels_32
+                                         : kernels::conv_backward_data_float;
+            kernel(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
         });
 }
 
@@ -523,14 +520,10 @@ Tensor conv_forward(const Tensor &input, const Tensor &weights, const ConvGeomet
     }
     const bool vnni = kernels::conv_forward_float.selected_isa() == Isa::avx512_vnni;
     const int64_t lanes = channel_lane_tile(vnni, out_shape[1], w.size(2) * w.size(3));
-    auto ab = nchw(a.data(), a.shape());
-    if (lanes == 64) {
-        kernels::conv_forward_float_channels_64(ab, wb, g.stride, g.pad, ob);
-    } else if (lanes == 32) {
-        kernels::conv_forward_float_channels_32(ab, wb, g.stride, g.pad, ob);
-    } else {
-        kernels::conv_forward_float(ab, wb, g.stride, g.pad, ob);
-    }
+    auto &kernel = lanes == 64   ? kernels::conv_forward_float_channels_64
+                   : lanes == 32 ? kernels::conv_forward_float_channels_32
+                                 : kernels::conv_forward_float;
+    kernel(nchw(a.data(), a.shape()), wb, g.stride, g.pad, ob);
     return out;
 }
 

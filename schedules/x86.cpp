@@ -262,12 +262,13 @@ Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int ti
 
 // The register tile with lanes along output channels (4-term dot products and float32;
 // forward, and backward-data, whose output channels are the layer's inputs, a stride-2
-// layer's 4 phases side by side): tile_x pixels x tile_y rows x tile_k channels (whole vectors). Each vpdpbusd
-// multiplies a vector of v output channels' weights, the 4 channels of a group side by side
-// (packed_weights stored (j, k, ...)), by one pixel's 4 input bytes broadcast (float32: each
-// FMA a vector of weights by one input value broadcast); a vector of weights serves the
-// tile's pixels and a broadcast its channel vectors. Unlike lanes along x, no lane idles on
-// an 8-column map, and stride 2 reads one pixel per broadcast, not a gathered row.
+// layer's 4 phases side by side): tile_x pixels x tile_y rows x tile_k channels (whole
+// vectors). Each vpdpbusd multiplies a vector of v output channels' weights, the 4 channels
+// of a group side by side (packed_weights stored (j, k, ...)), by one pixel's 4 input bytes
+// broadcast (float32: each FMA a vector of weights by one input value broadcast); a vector
+// of weights serves the tile's pixels and a broadcast its channel vectors. Unlike lanes along
+// x, no lane idles on an 8-column map, and stride 2 reads one pixel per broadcast, not a
+// gathered row.
 // The output is stored along x (NCHW): tile_x pixels of a channel per store (two phases:
 // 2 tile_x, interleaved). Session 17, Zen 5, backward-data of 32->64 stride 2: 64-66 G MAC/s
 // -> 86-94 (integer), 32 -> 54-56 (float32) beside the position lanes.

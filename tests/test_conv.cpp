@@ -107,6 +107,12 @@ ConvShape make_shape(int64_t N, int64_t C, int64_t HW, int64_t O, int64_t K, int
     return {N, C, HW, HW + 1, O, K, stride, K / 2};
 }
 
+// A layer's shape for test traces: "N2 C37 O40 K3 s1 H9".
+std::string shape_name(const ConvShape &s) {
+    return "N" + std::to_string(s.N) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
+           std::to_string(s.K) + " s" + std::to_string(s.stride) + " H" + std::to_string(s.H);
+}
+
 // Random shapes with prime-stepped channel counts, every K and both strides.
 std::vector<ConvShape> shapes() {
     std::vector<ConvShape> s;
@@ -125,10 +131,7 @@ std::vector<ConvShape> shapes() {
 // Runs all three integer passes of one layer and checks each against the reference.
 void check_integer_layer(const ConvShape &s, const std::string &a_format, const std::string &w_format,
                          const std::string &e_format, uint32_t seed) {
-    const std::string what = a_format + " " + w_format + " " + e_format + " N" + std::to_string(s.N) + " C" +
-                             std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
-                             std::to_string(s.stride) + " H" + std::to_string(s.H);
-    SCOPED_TRACE(what);
+    SCOPED_TRACE(a_format + " " + w_format + " " + e_format + " " + shape_name(s));
     const ConvGeometry g{int(s.stride), int(s.pad)};
     const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
     const Shape e_shape = {s.N, s.O, s.out_h(), s.out_w()};
@@ -308,8 +311,7 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
         make_shape(2, 11, 10, 66, 3, 1)};
     for (const ConvShape &s : layers) {
         for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
-            SCOPED_TRACE(std::string(a_format) + " C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" +
-                         std::to_string(s.K) + " s" + std::to_string(s.stride) + " W" + std::to_string(s.W));
+            SCOPED_TRACE(std::string(a_format) + " " + shape_name(s));
             const ConvGeometry g{int(s.stride), int(s.pad)};
             const Shape a_shape = {s.N, s.C, s.H, s.W}, w_shape = {s.O, s.C, s.K, s.K};
             const QuantizedTensor a = quantize(random_tensor(a_shape, seed++, true), parse_format(a_format),
@@ -982,7 +984,7 @@ TEST(FloatConv, AgainstFloat64Reference) {
 
 // On full-width AVX-512, float32 layers of 32 or more output channels over windows larger
 // than 1x1 run with lanes along output channels (conv_forward_float_channels_32 and _64, either
-// stride; backward-data of stride-1 layers of 32 or more input channels
+// stride; backward-data of 32 or more output channels, a stride-2 layer's 4 phases counted,
 // conv_backward_data_float_channels_*). Forced on and off in turn, each against the float64
 // reference: partial tiles of channels (37, 67) and of pixels, K 3 and 5, and the shapes too
 // narrow or strided that keep the main kernels.
@@ -995,8 +997,7 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
         make_shape(1, 33, 10, 64, 3, 1), make_shape(2, 40, 6, 37, 1, 1), make_shape(1, 7, 9, 5, 3, 1),
         make_shape(2, 9, 13, 11, 3, 2),  make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2)};
     for (const ConvShape &s : layers) {
-        SCOPED_TRACE("C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
-                     std::to_string(s.stride));
+        SCOPED_TRACE(shape_name(s));
         const ConvGeometry g{int(s.stride), int(s.pad)};
         const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, seed++);
         const Tensor w = random_tensor({s.O, s.C, s.K, s.K}, seed++);
@@ -1038,8 +1039,7 @@ TEST(FloatConv, WeightGradientWithTapTilesAgainstFloat64Reference) {
                                            make_shape(3, 16, 8, 16, 3, 1), make_shape(2, 6, 11, 13, 3, 2),
                                            make_shape(2, 33, 7, 32, 5, 1), make_shape(2, 9, 6, 35, 1, 1)};
     for (const ConvShape &s : layers) {
-        SCOPED_TRACE("C" + std::to_string(s.C) + " O" + std::to_string(s.O) + " K" + std::to_string(s.K) + " s" +
-                     std::to_string(s.stride));
+        SCOPED_TRACE(shape_name(s));
         const ConvGeometry g{int(s.stride), int(s.pad)};
         const Tensor a = random_tensor({s.N, s.C, s.H, s.W}, seed++);
         const Tensor e = random_tensor({s.N, s.O, s.out_h(), s.out_w()}, seed++);
