@@ -436,6 +436,11 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     // transposes it once.
     p.total.compute_root().reorder_storage(p.o, p.c, p.kx, p.ky);
     const int tile_taps = std::max(1, params.tile_taps);
+    // The narrow sums' chunked tile (schedule_narrow_sums) holds one tap: a knob it would
+    // silently ignore or compute wrongly is an error, not a search point.
+    _halide_user_assert(tile_taps == 1 || !p.narrow_sum.defined())
+        << "tile_taps=" << tile_taps << " needs 4-term or float32 weight gradients; the narrow-sum (int16) "
+        << "path of this target takes tile_taps=1";
     Var channel_block("channel_block"), channel_tile("channel_tile"), kxo("kxo"), kxi("kxi");
     Stage total = p.total.update();
     total.split(p.o, oo, oi, tile_o, TailStrategy::GuardWithIf)
