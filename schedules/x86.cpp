@@ -352,6 +352,12 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
             if (window_unroll >= 1) three.unroll(r[1], 3);
             if (window_unroll >= 2) three.unroll(r[2], 3);
         }
+        // 1x1 windows at stride 1, where forward runs every 1x1 layer (a strided one on a view
+        // of the pixels it reads): the generic loops over a one-tap window and a symbolic
+        // stride cost their address arithmetic on every channel group of a short reduction
+        // (session 21, Zen 3, 3 alternating runs: float32 1x1 16->32 s2 13 -> 15-20 G MAC/s,
+        // 32->64 s2 14-15 -> 24; integer 32->64 s2 25 -> 28-29, 16->32 s2 within the noise).
+        update.specialize(p.stride == 1).specialize(p.kernel == 1 && p.kernel_y == 1);
     }
 
     const int pair = p.group;
