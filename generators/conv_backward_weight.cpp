@@ -76,7 +76,7 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
     p.group = 4;
     define_packed_operands(p, errors, input, out_w, stride, pad, Int(8), UInt(8));
     p.positions = RDom({{0, 2}, {0, (out_w + 3) / 4}, {0, chunk}}, "positions");
-    p.chunks = RDom(0, (out_h + chunk - 1) / chunk, "chunks");
+    p.chunks = RDom({{0, 2}, {0, (out_h + chunk - 1) / chunk}}, "chunks");
     const RDom &r = p.positions;
     Var kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, h("h");
     const Expr j = 2 * p.q + r[0], y = h * chunk + r[2];
@@ -87,10 +87,8 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
     p.narrow_sum(p.q, o, c, kx, ky, n, h) = cast<int16_t>(0);
     p.narrow_sum(p.q, o, c, kx, ky, n, h) =
         saturating_add(p.narrow_sum(p.q, o, c, kx, ky, n, h), cast<int16_t>(a) * cast<int16_t>(e));
-    const Expr rh = p.chunks.x;
     p.partial(o, c, kx, ky, n) = cast<int32_t>(0);
-    p.partial(o, c, kx, ky, n) +=
-        cast<int32_t>(p.narrow_sum(0, o, c, kx, ky, n, rh)) + cast<int32_t>(p.narrow_sum(1, o, c, kx, ky, n, rh));
+    p.partial(o, c, kx, ky, n) += widen_pair_sum(p.narrow_sum(p.chunks.x, o, c, kx, ky, n, p.chunks.y));
     p.samples = RDom(0, batch, "samples");
 }
 

@@ -99,7 +99,7 @@ struct ConvPipeline {
     Halide::Func channel_total{"channel_total"}, channel_sum{"channel_sum"}, correction{"correction"};
     Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only
     Halide::Var q{"q"};                     // which pair of a group of 4
-    Halide::RDom chunks;                    // narrow sums: over h
+    Halide::RDom chunks;                    // narrow sums: (q, h), the pair widened, then the chunk
     Halide::Func output;
     Halide::Var x{"x"}, y{"y"}, k{"k"}, n{"n"};  // output dims; k = the output channel
     Halide::Var j{"j"};                          // position in a channel group
@@ -160,7 +160,7 @@ struct ConvWeightPipeline {
     int group = 2;                          // x positions per group: 1 float32, 2 int16 pairs, 4 narrow sums
     Halide::Func narrow_sum{"narrow_sum"};  // narrow sums only
     Halide::Var q{"q"};                     // which pair of a group of 4
-    Halide::RDom chunks;                    // narrow sums: over h
+    Halide::RDom chunks;                    // narrow sums: (q, h), the pair widened, then the chunk
 };
 
 }  // namespace lowbit::schedules

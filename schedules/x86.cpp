@@ -34,13 +34,15 @@ void reduce_rows_in_lanes(Func rows, const RDom &over_row, const Var &a, const V
 
 // Narrow sums (ConvPipeline, ConvWeightPipeline): per chunk, a register tile of int16 sums
 // (both pairs q of a group of 4 times the tile, the tile's first axis vectorized by v: 2v
-// int16 lanes, one pmaddubsw each), widened into `wide`'s int32 tile. `tile` lists the tile's
+// int16 lanes, one pmaddubsw each), widened into `wide`'s int32 tile over `chunks` (the pair
+// q, then the chunk: ConvPipeline's and ConvWeightPipeline's). `tile` lists the tile's
 // axes innermost first with their extents, `outer` the reduction's remaining axes. Returns the
 // narrow sums' update, for the window specializations.
-Stage schedule_narrow_sums(Func narrow, Func wide, const RVar &chunk, const RVar &pair_element, const Var &q,
+Stage schedule_narrow_sums(Func narrow, Func wide, const RDom &chunks, const RVar &pair_element, const Var &q,
                            const std::vector<std::pair<Var, int>> &tile, const std::vector<RVar> &outer, int v) {
     const Var vectorized = tile[0].first;
-    std::vector<VarOrRVar> wide_order, narrow_order = {pair_element, q};
+    const RVar pair = chunks.x, chunk = chunks.y;
+    std::vector<VarOrRVar> wide_order = {pair}, narrow_order = {pair_element, q};
     for (const auto &[axis, extent] : tile) {
         wide_order.push_back(axis);
         narrow_order.push_back(axis);
@@ -48,7 +50,9 @@ Stage schedule_narrow_sums(Func narrow, Func wide, const RVar &chunk, const RVar
     wide_order.push_back(chunk);
     narrow_order.insert(narrow_order.end(), outer.begin(), outer.end());
     Stage wide_update = wide.update();
-    wide_update.reorder(wide_order).vectorize(vectorized, v);
+    // The pair innermost, vectorized with the tile's lanes: a 2-way reduction of the 2v int16
+    // lanes (q interleaved), one pmaddwd against ones per vector (widen_pair_sum).
+    wide_update.reorder(wide_order).atomic().vectorize(pair).vectorize(vectorized, v);
     narrow.compute_at(wide, chunk)
         .bound_extent(q, 2)
         .store_in(MemoryType::Register)
@@ -250,7 +254,7 @@ Stage tile_position_lanes(ConvPipeline &p, int v, int tile_x, int tile_y, int ti
     // with K = 3 its kx (window_unroll 1) or kx and ky (window_unroll 2) are unrolled.
     Stage update = p.accumulator.update();
     if (p.narrow_sum.defined()) {
-        update = schedule_narrow_sums(p.narrow_sum, p.accumulator, p.chunks.x, r[0], p.q,
+        update = schedule_narrow_sums(p.narrow_sum, p.accumulator, p.chunks, r[0], p.q,
                                       {{p.x, v * tile_x}, {p.k, tile_k}, {p.y, tile_y}}, {r[1], r[2], r[3]}, v);
     } else {
         update.reorder(r[0], p.x, p.k, p.y, r[1], r[2], r[3], p.n);
@@ -476,7 +480,7 @@ void schedule_conv(ConvWeightPipeline p, const ConvParams &params, const Target 
     Stage update = p.partial.update();
     if (p.narrow_sum.defined()) {
         // Narrow sums over chunks of rows: the same tile in int16.
-        update = schedule_narrow_sums(p.narrow_sum, p.partial, p.chunks.x, r[0], p.q, {{p.o, tile_o}, {p.c, tile_c}},
+        update = schedule_narrow_sums(p.narrow_sum, p.partial, p.chunks, r[0], p.q, {{p.o, tile_o}, {p.c, tile_c}},
                                       {r[1], r[2]}, v);
     } else {
         update.reorder(r[0], p.o, p.c, p.kx, r[1], r[2], p.ky, p.n);
