@@ -76,7 +76,7 @@ void define_narrow_weight_gradient(ConvWeightPipeline &p, Func errors, const Inp
     p.group = 4;
     define_packed_operands(p, errors, input, out_w, stride, pad, Int(8), UInt(8));
     p.positions = RDom({{0, 2}, {0, (out_w + 3) / 4}, {0, chunk}}, "positions");
-    p.chunks = RDom({{0, 2}, {0, (out_h + chunk - 1) / chunk}}, "chunks");
+    p.chunks = pair_chunks((out_h + chunk - 1) / chunk);
     const RDom &r = p.positions;
     Var kx = p.kx, ky = p.ky, c = p.c, o = p.o, n = p.n, h("h");
     const Expr j = 2 * p.q + r[0], y = h * chunk + r[2];

@@ -159,6 +159,10 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
 // forward 139 -> 150, backward-data 123 -> 130; the others within 2-3%.
 inline Expr widen_pair_sum(const Expr &narrow_sum) { return Internal::widening_mul(narrow_sum, cast<int16_t>(1)); }
 
+// What a narrow sum is widened over (ConvPipeline::chunks, ConvWeightPipeline::chunks): the
+// pair q of widen_pair_sum, then `count` chunks.
+inline RDom pair_chunks(const Expr &count) { return RDom({{0, 2}, {0, count}}, "chunks"); }
+
 // The narrow-sum correlation (see ConvPipeline): one operand uint8, the other int8 (unsigned
 // inputs times weights in forward; errors times offset weights in backward-data), packed in
 // groups of 4, summed in int16 over `chunk` groups at a time, then in int32. The packed Funcs
@@ -167,7 +171,7 @@ inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &ke
                                       const Expr &channels, const Expr &chunk) {
     const Expr groups = (channels + 3) / 4;
     p.reduction = RDom({{0, 2}, {0, kernel_x}, {0, kernel_y}, {0, chunk}}, "r");
-    p.chunks = RDom({{0, 2}, {0, (groups + chunk - 1) / chunk}}, "chunks");
+    p.chunks = pair_chunks((groups + chunk - 1) / chunk);
     p.kernel = kernel_x;
     p.kernel_y = kernel_y;
     const RDom &r = p.reduction;
