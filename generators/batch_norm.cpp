@@ -300,10 +300,10 @@ public:
     void generate() {
         Var i = p.i, c = p.g, n = p.o;
         Expr y = batch_norm_relu(input(i, c, n), scale(c), shift(c));
-        Expr index = element_index(i, c, n, input.dim(0).extent(), input.dim(1).extent());
+        p.random = element_randoms(i, c, n, input.dim(0).extent(), input.dim(1).extent(), key0, key1);
         values(i, c, n) =
             quantized_value(y, tensor_scale, cast<int>(group_exponent(c, n)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, p.random(i, c, n));
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();

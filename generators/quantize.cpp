@@ -162,10 +162,10 @@ public:
 
     void generate() {
         Var i = p.i, g = p.g, o = p.o;
-        Expr index = element_index(i, g, o, input.dim(0).extent(), input.dim(1).extent());
+        p.random = element_randoms(i, g, o, input.dim(0).extent(), input.dim(1).extent(), key0, key1);
         values(i, g, o) =
             quantized_value(input(i, g, o), tensor_scale, cast<int>(group_exponent(g)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, p.random(i, g, o));
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();
@@ -191,10 +191,10 @@ public:
 
     void generate() {
         Var i = p.i, c = p.g, o = p.o;
-        Expr index = element_index(i, c, o, input.dim(0).extent(), input.dim(1).extent());
+        p.random = element_randoms(i, c, o, input.dim(0).extent(), input.dim(1).extent(), key0, key1);
         values(i, c, o) =
             quantized_value(input(i, c, o), tensor_scale, cast<int>(group_exponent(i, c / block, o)),
-                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, index, key0, key1);
+                            {mantissa_max, exponent_steps, shift_bits, qmax, has_sign}, stochastic, p.random(i, c, o));
         p.output = values;
         p.arithmetic = Float(64);  // quantized_value computes in double
         p.row_length = input.dim(0).extent();

@@ -24,28 +24,44 @@ struct FormatInputs {
 };
 
 inline Expr quantized_value(const Expr &x, const Expr &tensor_scale, const Expr &group_exponent, const FormatInputs &f,
-                            const Expr &stochastic, const Expr &index, const Expr &key0, const Expr &key1) {
+                            const Expr &stochastic, const Expr &random) {
     const lowbit::FormatRuntime<HalideOps> format{f.mantissa_max, f.exponent_steps, f.shift};
     Expr group_scale = lowbit::group_scale<HalideOps>(cast<double>(tensor_scale), group_exponent);
     Expr u = lowbit::value_in_steps<HalideOps>(cast<double>(x), cast<double>(f.qmax), group_scale, f.has_sign);
     Expr a = abs(u);
     Expr nearest = lowbit::round_magnitude_nearest<HalideOps>(a, format);
-    Expr random = lowbit::element_random<HalideOps>(index, key0, key1);
     // The m1e2 loop (value_specializations) takes the short way; every other format walks
     // the grids. Where the format is not known to be m1e2, the select keeps both.
     Expr stochastic_value = select(is_m1e2(f.mantissa_max, f.exponent_steps, f.shift),
                                    lowbit::round_m1e2_magnitude_stochastic<HalideOps>(a, random),
                                    lowbit::round_magnitude_stochastic<HalideOps>(a, format, random));
-    Expr magnitude = cast<int>(select(stochastic, stochastic_value, nearest));
-    // IEEE semantics throughout: the result must not depend on the target's FMA or
-    // reassociation, so that every compiled variant gives identical values.
-    return strict_float(
-        select(tensor_scale == 0.0f, cast<int8_t>(0), cast<int8_t>(select(u < Expr(0.0), -magnitude, magnitude))));
+    // IEEE semantics for every float operation (strict_float): the result must not depend on
+    // the target's FMA or reassociation, so that every compiled variant gives identical
+    // values. The select on the rounding mode stays outside, where a specialization on
+    // `stochastic` folds it (the simplifier leaves strict_float's insides alone), so that the
+    // nearest loops do not compute the draws.
+    Expr magnitude = select(stochastic, strict_float(stochastic_value), strict_float(nearest));
+    // u's sign bit on the magnitude, in double: one and and one or per vector, where a
+    // select on u < 0 after the conversion to int spends a compare, a mask narrowing and a
+    // negation (-0.0 converts to 0 like 0.0).
+    Expr sign = reinterpret<uint64_t>(strict_float(u)) & Expr(uint64_t(1) << 63);
+    Expr signed_value = reinterpret<double>(reinterpret<uint64_t>(magnitude) | sign);
+    return select(strict_float(tensor_scale == 0.0f), cast<int8_t>(0), cast<int8_t>(cast<int>(signed_value)));
 }
 
 inline Expr element_index(const Var &i, const Var &g, const Var &o, const Expr &extent_i, const Expr &extent_g) {
     return cast<uint32_t>(i) +
            cast<uint32_t>(extent_i) * (cast<uint32_t>(g) + cast<uint32_t>(extent_g) * cast<uint32_t>(o));
+}
+
+// The stochastic draw of every element of an (i, g, o) view, a Func of its own so that a
+// schedule can compute it in 32-bit vectors, twice as wide as quantized_value's doubles
+// (ElementwisePipeline::random). Nearest rounding never calls it.
+inline Func element_randoms(const Var &i, const Var &g, const Var &o, const Expr &extent_i, const Expr &extent_g,
+                            const Expr &key0, const Expr &key1) {
+    Func random("random");
+    random(i, g, o) = lowbit::element_random<HalideOps>(element_index(i, g, o, extent_i, extent_g), key0, key1);
+    return random;
 }
 
 // The cases of quantized_value worth their own loops (a generator's Inputs, see

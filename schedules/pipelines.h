@@ -12,6 +12,7 @@ namespace lowbit::schedules {
 // parameter, so autotune/ can search them and schedules/tuned/ can fix them in the build.
 struct ElementwiseParams {
     int vector_width = 0;         // lanes of the innermost loop; 0 = the target's natural width
+    int random_vector_width = 0;  // lanes of the stochastic draws (uint32); 0 = the natural width
     int task_elements = 1 << 15;  // elements per parallel task (rows are grouped to reach it)
     int gpu_threads = 256;        // threads per block on GPU targets
 };
@@ -40,6 +41,9 @@ struct ElementwisePipeline {
     Halide::Type arithmetic = Halide::Float(32);
     // Specializations worth their code size (e.g. rounding mode); each gets the schedule.
     std::vector<Halide::Expr> specializations;
+    // The quantizers' stochastic draws (i, g, o), uint32: defined where the output calls it,
+    // so that a schedule can give the hash its own, wider vectors; inlined where not scheduled.
+    Halide::Func random;
 };
 
 }  // namespace lowbit::schedules
