@@ -23,6 +23,7 @@
 #include "conv_backward_data_wide_variants.h"
 #include "conv_backward_weight_float_3x3_16_variants.h"
 #include "conv_backward_weight_float_3x3_32_variants.h"
+#include "conv_backward_weight_float_taps_variants.h"
 #include "conv_backward_weight_float_variants.h"
 #include "conv_backward_weight_unsigned_16_variants.h"
 #include "conv_backward_weight_unsigned_16_wide_variants.h"
@@ -1058,6 +1059,37 @@ TEST(FloatConv, WeightGradientWithTapTilesAgainstFloat64Reference) {
         }
     }
     force_full_width_avx512(std::nullopt);
+}
+
+// The tap-tiled recipe on this CPU (conv_backward_weight_float_taps: AVX2 and baseline builds
+// of it), called directly, for every K: 3 taps per tile, so K = 5 and 7 end in a partial tile
+// and K = 1 is all tail; output channels past one vector with a tail, input channels past the
+// 4-channel tile, both strides.
+TEST(FloatConv, TapTilesOfEveryWindowAgainstFloat64Reference) {
+    uint32_t seed = 900;
+    for (int64_t K : {1, 3, 5, 7}) {
+        for (int64_t stride : {1, 2}) {
+            const ConvShape s = make_shape(2, 6, K + 6, 19, K, stride);
+            SCOPED_TRACE(shape_name(s));
+            const Shape a_shape = {s.N, s.C, s.H, s.W}, e_shape = {s.N, s.O, s.out_h(), s.out_w()};
+            const Shape w_shape = {s.O, s.C, K, K};
+            const Tensor a = random_tensor(a_shape, seed++);
+            const Tensor e = random_tensor(e_shape, seed++);
+            const auto av = as_double(a), ev = as_double(e);
+            const std::vector<double> ref = reference::conv_backward_weight(s, ev, av),
+                                      ref_abs = reference::conv_backward_weight(s, absolute(ev), absolute(av));
+            for (Isa isa : supported_isas()) {
+                if (isa == Isa::avx512_vnni) continue;  // not built there (the 3x3 kernels are)
+                force_isa(isa);
+                Tensor dw = Tensor::uninitialized(w_shape);
+                kernels::conv_backward_weight_float_taps(nchw(e.data(), e_shape), nchw(a.data(), a_shape), int(stride),
+                                                         int(s.pad), nchw(dw.data(), w_shape));
+                EXPECT_EQ(kernels::conv_backward_weight_float_taps.last_isa(), std::optional<Isa>(isa));
+                expect_close(dw, ref, ref_abs, 1e-5, std::string("backward-weight ") + to_string(isa));
+            }
+        }
+    }
+    force_isa(std::nullopt);
 }
 
 double dot(const Tensor &a, const Tensor &b) {
