@@ -159,8 +159,11 @@ void schedule_elementwise(ElementwisePipeline p, const ElementwiseParams &params
         // lanes on AVX2, twice the doubles'), computed a chunk ahead of the double vectors that
         // read it, rather than in the doubles' 4 lanes or with the doubles split to 8 (whose
         // masks then convert between widths).
-        const int chunk = std::max(
-            v, params.random_vector_width > 0 ? params.random_vector_width : target.natural_vector_size(UInt(32)));
+        // The chunk is a whole number of double vectors (the split below assumes it): a
+        // random_vector_width that is not a multiple of v rounds up.
+        const int random_lanes =
+            params.random_vector_width > 0 ? params.random_vector_width : target.natural_vector_size(UInt(32));
+        const int chunk = (std::max(v, random_lanes) + v - 1) / v * v;
         Var chunks("chunks"), in_chunk("in_chunk"), vectors("vectors");
         out.split(p.i, chunks, in_chunk, chunk, TailStrategy::GuardWithIf)
             .split(in_chunk, vectors, p.i, v)
