@@ -86,8 +86,8 @@ private:
     ParameterStore *store_ = nullptr;
     size_t weight_ = 0;
     Shape input_shape_;
-    Tensor saved_input_;                                          // float32 mode
-    QuantizedTensor saved_activations_, saved_weights_, errors_;  // low-bit mode
+    Tensor saved_input_;                                 // float32 mode
+    QuantizedTensor saved_activations_, saved_weights_;  // low-bit mode
 };
 
 // Batch norm over channels, with a fused ReLU (`relu`) or, through forward_add_relu, the
@@ -144,7 +144,7 @@ private:
     size_t weight_ = 0, bias_ = 0;
     Shape input_shape_;
     Tensor saved_input_;
-    QuantizedTensor saved_activations_, saved_weights_, errors_;
+    QuantizedTensor saved_activations_, saved_weights_;
 };
 
 class Relu : public Module {
