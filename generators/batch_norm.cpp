@@ -20,6 +20,7 @@ namespace {
 
 using namespace Halide;
 using lowbit::elementwise_params;
+using lowbit::kRowMaxLanes;
 using namespace lowbit::quantize_generators;
 using lowbit::schedules::ChannelSumsPipeline;
 using lowbit::schedules::ElementwiseParams;
@@ -150,9 +151,10 @@ private:
 // computed it, so no mask is stored) and x̂ = (x - mean) * inv_std:
 //   grad_beta = sum g,  grad_gamma = sum g x̂,
 //   grad_input = scale * (g - grad_beta / M - x̂ grad_gamma / M),  M = count over (i, n).
-// The sums and the element-wise gradient, given the (masked) incoming gradient g.
+// The sums and the element-wise gradient, given the (masked) incoming gradient g; returns the
+// gradient as an inlined Func (grad_input reads it).
 template <class In, class Channel, class Out, class ChannelOut>
-void define_backward(ChannelSumsPipeline &p, const Func &g, const In &input, const Channel &mean,
+Func define_backward(ChannelSumsPipeline &p, const Func &g, const In &input, const Channel &mean,
                      const Channel &inv_std, const Channel &scale, Out &grad_input, ChannelOut &grad_gamma,
                      ChannelOut &grad_beta) {
     Var i = p.i, c = p.c, n = p.n;
@@ -167,9 +169,34 @@ void define_backward(ChannelSumsPipeline &p, const Func &g, const In &input, con
     Func mean_beta("mean_grad_beta"), mean_gamma("mean_grad_gamma");
     mean_beta(c) = grad_beta(c) / count;
     mean_gamma(c) = grad_gamma(c) / count;
-    grad_input(i, c, n) = strict_float(scale(c) * (g(i, c, n) - mean_beta(c) - normalized(i, c, n) * mean_gamma(c)));
+    // An inlined Func of its own, so that the row maxima compute the same values inline, in
+    // grad_input's pass (define_row_max_lanes), rather than read grad_input back.
+    Func value("grad_input_value");
+    value(i, c, n) = strict_float(scale(c) * (g(i, c, n) - mean_beta(c) - normalized(i, c, n) * mean_gamma(c)));
+    grad_input(i, c, n) = value(i, c, n);
     p.channel_outputs = {grad_beta, grad_gamma, mean_beta, mean_gamma};
     p.elementwise = {grad_input};
+    return value;
+}
+
+// The max-abs bits of `value` (an (i, c, n) output's expression) over each (c, n) row, in
+// kRowMaxLanes lanes: lane l holds the maximum over elements l, l + lanes, ... of the row's
+// whole vectors of lanes, lane 0 also over the row's last elements past them. The runtime
+// takes the maximum of the lanes: the rows' maxima, from which the quantization of
+// grad_input takes its scales without a pass of its own (quantize_into with RowMaxima).
+// Bits >= 0x7f800000 where a row holds Inf or NaN.
+template <class Value>
+void define_row_max_lanes(ChannelSumsPipeline &p, const Value &value, Func &lane_max) {
+    Var lane("lane");
+    const Expr whole = p.row_length / kRowMaxLanes;
+    RDom over_lanes(0, whole, "over_lanes"), tail(0, p.row_length - whole * kRowMaxLanes, "tail");
+    auto bits = [&](const Expr &i) { return reinterpret<uint32_t>(value(i, p.c, p.n)) & 0x7fffffff; };
+    lane_max(lane, p.c, p.n) = cast<uint32_t>(0);
+    lane_max(lane, p.c, p.n) = max(lane_max(lane, p.c, p.n), bits(over_lanes * kRowMaxLanes + lane));
+    lane_max(0, p.c, p.n) = max(lane_max(0, p.c, p.n), bits(whole * kRowMaxLanes + tail));
+    p.row_max_lanes = lane_max;
+    p.lane = lane;
+    p.over_lanes = over_lanes;
 }
 
 class BatchNormBackward : public Generator<BatchNormBackward> {
@@ -185,6 +212,7 @@ public:
     Output<Buffer<float, 3>> grad_input{"grad_input"};
     Output<Buffer<float, 1>> grad_gamma{"grad_gamma"};  // (c)
     Output<Buffer<float, 1>> grad_beta{"grad_beta"};
+    Output<Buffer<uint32_t, 3>> grad_input_row_max{"grad_input_row_max"};  // (lane, c, n): max-abs bits
 
     void generate() {
         Var i = p.i, c = p.c, n = p.n;
@@ -192,7 +220,11 @@ public:
         g(i, c, n) =
             relu ? select(batch_norm_affine(input(i, c, n), scale(c), shift(c)) > 0.0f, grad_output(i, c, n), 0.0f)
                  : grad_output(i, c, n);
-        define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
+        const Func value = define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
+        Func row_max("row_max_lanes");
+        define_row_max_lanes(p, value, row_max);
+        grad_input_row_max = row_max;
+        grad_input_row_max.set_estimates({{0, kRowMaxLanes}, {0, 16}, {0, 128}});
         grad_output.set_estimates(kViewEstimate);
         input.set_estimates(kViewEstimate);
         for (auto *b : {&mean, &inv_std, &scale, &shift}) b->set_estimates(kChannelEstimate);
@@ -223,12 +255,17 @@ public:
     Output<Buffer<float, 1>> grad_gamma{"grad_gamma"};  // (c)
     Output<Buffer<float, 1>> grad_beta{"grad_beta"};
     Output<Buffer<float, 3>> grad_residual{"grad_residual"};
+    Output<Buffer<uint32_t, 3>> grad_input_row_max{"grad_input_row_max"};  // (lane, c, n): max-abs bits
 
     void generate() {
         Var i = p.i, c = p.c, n = p.n;
         Func g("masked_grad");
         g(i, c, n) = select(mask(i, c, n) != 0, grad_output(i, c, n), 0.0f);
-        define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
+        const Func value = define_backward(p, g, input, mean, inv_std, scale, grad_input, grad_gamma, grad_beta);
+        Func row_max("row_max_lanes");
+        define_row_max_lanes(p, value, row_max);
+        grad_input_row_max = row_max;
+        grad_input_row_max.set_estimates({{0, kRowMaxLanes}, {0, 16}, {0, 128}});
         grad_residual(i, c, n) = g(i, c, n);
         p.elementwise.push_back(grad_residual);
         for (auto *b : {&grad_output, &input}) b->set_estimates(kViewEstimate);

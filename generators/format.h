@@ -180,6 +180,12 @@ typename Ops::Real round_m1e2_magnitude_stochastic(const typename Ops::Real &a, 
 }
 
 // ---------------------------------------------------------------------------------------
+// A kernel that writes a tensor may also report the tensor's row maxima, from which its
+// quantization takes the scales without a pass of its own (batch norm backward's grad_input,
+// runtime RowMaxima): the max-abs bits of each (c, n) row, in this many lanes (lane l over the
+// row's elements l, l + lanes, ...), the host taking the maximum of the lanes.
+inline constexpr int kRowMaxLanes = 8;
+
 // Group exponents (method.md section 2): e_g = min(2^G - 1, floor(log2(S / max|X_g|))), and
 // 2^G - 1 for an all-zero group. Exact: floor(log2) of the quotient is the binary exponent of
 // a double, and S / g in double never rounds up to a power of two for float S and g (their

@@ -65,6 +65,17 @@ Buffer<const uint8_t> mask_buffer(const ReluMask &mask, const View &v) {
     return Buffer<const uint8_t>(mask.data(), {v.plane, v.channels, v.samples});
 }
 
+// The kernels' (lane, c, n) row maxima of their grad_input: into `rows` (sized here), or into
+// scratch where the caller does not want them.
+Buffer<uint32_t> row_maxima_buffer(RowMaxima *rows, const View &v) {
+    thread_local RowMaxima scratch;
+    RowMaxima &r = rows != nullptr ? *rows : scratch;
+    r.channels = v.channels;
+    r.samples = v.samples;
+    r.lane_bits.resize(size_t(kRowMaxLanes) * size_t(v.channels) * size_t(v.samples));
+    return Buffer<uint32_t>(r.lane_bits.data(), {kRowMaxLanes, v.channels, v.samples});
+}
+
 Buffer<float> channel_buffer(const Tensor &t) { return Buffer<float>(const_cast<float *>(t.data()), {int(t.size(0))}); }
 
 }  // namespace
@@ -109,7 +120,7 @@ void batch_norm_add_relu(const Tensor &x, const Tensor &scale, const Tensor &shi
     kernels::batch_norm_add_relu(in, a, b, res, out, out_mask);
 }
 
-bool fused_quantize_supports(const Format &format) { return format.axis != GroupAxis::block; }
+bool fused_quantize_supports(const Format &format) { return row_maxima_serve(format); }
 
 void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Tensor &scale, const Tensor &shift,
                                    const Format &format, Rounding rounding, uint64_t seed, uint64_t step,
@@ -139,32 +150,13 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
     Buffer<uint32_t> row_max(rows.data(), {v.channels, v.samples});
     kernels::batch_norm_relu_row_max(in, a, b, row_max);
 
-    // The group maxima of the format's axis from the (c, n) row maxima; max-abs bits order like
-    // the magnitudes, as in quantize_scales.
+    if (!scales_from_row_maxima(q, rows.data(), v.channels, v.samples))
+        throw std::invalid_argument(
+            fmt::format("{}: the batch-norm output of shape {} holds NaN or Inf", what, shape_string(x.shape())));
+    // The exponent of each (c, n) row, from its group's.
     auto group_of = [&](int n, int c) {
         return format.axis == GroupAxis::sample ? size_t(n) : format.axis == GroupAxis::channel ? size_t(c) : 0;
     };
-    std::vector<uint32_t> group_bits(q.group_exponents.size(), 0);
-    uint32_t tensor_bits = 0;
-    for (int n = 0; n < v.samples; n++) {
-        for (int c = 0; c < v.channels; c++) {
-            const uint32_t r = rows[size_t(n) * size_t(v.channels) + size_t(c)];
-            group_bits[group_of(n, c)] = std::max(group_bits[group_of(n, c)], r);
-            tensor_bits = std::max(tensor_bits, r);
-        }
-    }
-    if (tensor_bits >= 0x7f800000u)
-        throw std::invalid_argument(
-            fmt::format("{}: the batch-norm output of shape {} holds NaN or Inf", what, shape_string(x.shape())));
-    auto as_float = [](uint32_t bits) {
-        float f;
-        std::memcpy(&f, &bits, sizeof f);
-        return f;
-    };
-    q.scale = as_float(tensor_bits);
-    for (size_t g = 0; g < group_bits.size(); g++) {
-        q.group_exponents[g] = uint8_t(group_exponent(q.scale, as_float(group_bits[g]), max_e));
-    }
     std::vector<uint8_t> exponents(rows.size());
     for (int n = 0; n < v.samples; n++) {
         for (int c = 0; c < v.channels; c++) {
@@ -180,8 +172,8 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
 }
 
 void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, const Tensor &inv_std,
-                         const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma,
-                         Tensor &dbeta) {
+                         const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
+                         RowMaxima *dx_rows) {
     const char *what = "batch_norm_backward";
     const View v = activation_view(what, x);
     require_same_shape(what, "grad_output", dy, x);
@@ -197,16 +189,17 @@ void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, 
     auto g = view_buffer(dy, v), in = view_buffer(x, v), out = view_buffer(dx, v);
     auto m = channel_buffer(mean), s = channel_buffer(inv_std), a = channel_buffer(scale), b = channel_buffer(shift);
     auto dg = channel_buffer(dgamma), db = channel_buffer(dbeta);
+    auto rows = row_maxima_buffer(dx_rows, v);
     if (relu) {
-        kernels::batch_norm_relu_backward(g, in, m, s, a, b, out, dg, db);
+        kernels::batch_norm_relu_backward(g, in, m, s, a, b, out, dg, db, rows);
     } else {
-        kernels::batch_norm_backward(g, in, m, s, a, b, out, dg, db);
+        kernels::batch_norm_backward(g, in, m, s, a, b, out, dg, db, rows);
     }
 }
 
 void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluMask &mask, const Tensor &mean,
                                   const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
-                                  Tensor &dresidual) {
+                                  Tensor &dresidual, RowMaxima *dx_rows) {
     const char *what = "batch_norm_add_relu_backward";
     const View v = activation_view(what, x);
     require_same_shape(what, "grad_output", dy, x);
@@ -227,7 +220,8 @@ void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluM
     auto m = channel_buffer(mean), s = channel_buffer(inv_std), a = channel_buffer(scale);
     auto di = view_buffer(dx, v), dr = view_buffer(dresidual, v);
     auto dg = channel_buffer(dgamma), db = channel_buffer(dbeta);
-    kernels::batch_norm_add_relu_backward(g, in, out, m, s, a, di, dg, db, dr);
+    auto rows = row_maxima_buffer(dx_rows, v);
+    kernels::batch_norm_add_relu_backward(g, in, out, m, s, a, di, dg, db, dr, rows);
 }
 
 }  // namespace lowbit

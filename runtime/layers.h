@@ -38,15 +38,18 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
 
 // Training-mode backward through y = [ReLU](scale * x + shift) with scale = gamma * inv_std and
 // shift = beta - mean * scale from the batch statistics (mean, inv_std). The ReLU mask is
-// recomputed from x, scale and shift. Writes dx, dgamma and dbeta.
+// recomputed from x, scale and shift. Writes dx, dgamma and dbeta, and dx's row maxima into
+// `dx_rows` where given (the scales of dx's quantization, computed in the same pass: see
+// quantize_into with RowMaxima).
 void batch_norm_backward(const Tensor &dy, const Tensor &x, const Tensor &mean, const Tensor &inv_std,
-                         const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma,
-                         Tensor &dbeta);
+                         const Tensor &scale, const Tensor &shift, bool relu, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
+                         RowMaxima *dx_rows = nullptr);
 
 // Backward through y = ReLU(scale * x + shift + residual) (training mode), given the forward's
-// ReLU mask; writes dx, dgamma, dbeta and d(residual).
+// ReLU mask; writes dx, dgamma, dbeta and d(residual), and dx's row maxima where given (as
+// batch_norm_backward).
 void batch_norm_add_relu_backward(const Tensor &dy, const Tensor &x, const ReluMask &mask, const Tensor &mean,
                                   const Tensor &inv_std, const Tensor &scale, Tensor &dx, Tensor &dgamma, Tensor &dbeta,
-                                  Tensor &dresidual);
+                                  Tensor &dresidual, RowMaxima *dx_rows = nullptr);
 
 }  // namespace lowbit

@@ -3,7 +3,9 @@
 #include <HalideBuffer.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "dequantize_block_variants.h"
@@ -130,8 +132,10 @@ QuantizedTensor quantize(const Tensor &tensor, const Format &format, Rounding ro
     return q;
 }
 
-void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &format, Rounding rounding, uint64_t seed,
-                   uint64_t step, uint32_t tensor_id, TensorRole role) {
+namespace {
+
+// q's format, shape, view and storage for `tensor`, its scales not yet set.
+void prepare(QuantizedTensor &q, const Tensor &tensor, const Format &format, TensorRole role) {
     validate(format);
     require_int8(format);
     q.format = format;
@@ -141,6 +145,40 @@ void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &forma
     q.values.resize(size_t(tensor.numel()));
     q.group_exponents.assign(size_t(q.view.group_count()), uint8_t(format.max_group_exponent()));
     q.scale = 0.0f;
+}
+
+// The values of q (its scales set) from `source`, contiguous.
+void quantize_values_into(QuantizedTensor &q, const Tensor &source, Rounding rounding, uint64_t seed, uint64_t step,
+                          uint32_t tensor_id) {
+    const Format &format = q.format;
+    Buffer<const float> input = view_3d(source.data(), q.view);
+    Buffer<const uint8_t> exponents = exponent_buffer(q.group_exponents.data(), q.view);
+    const RandomKey key = random_key(seed, step, tensor_id);
+    const bool stochastic = rounding == Rounding::stochastic;
+    const int mantissa_max = int(format.mantissa_max()), qmax = int(format.qmax());
+    Buffer<int8_t> values = view_3d(q.values.data(), q.view);
+    if (q.view.blocked) {
+        kernels::quantize_values_block(input.raw_buffer(), exponents.raw_buffer(), q.view.block, q.scale, mantissa_max,
+                                       format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
+                                       key.k1, values.raw_buffer());
+    } else {
+        kernels::quantize_values(input.raw_buffer(), exponents.raw_buffer(), q.scale, mantissa_max,
+                                 format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
+                                 key.k1, values.raw_buffer());
+    }
+}
+
+float float_of_bits(uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+}  // namespace
+
+void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &format, Rounding rounding, uint64_t seed,
+                   uint64_t step, uint32_t tensor_id, TensorRole role) {
+    prepare(q, tensor, format, role);
     if (tensor.numel() == 0) return;
 
     const Tensor source = tensor.contiguous();
@@ -156,20 +194,58 @@ void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &forma
     }
     q.scale = scale();
     if (!std::isfinite(q.scale)) report_non_finite(source);
+    quantize_values_into(q, source, rounding, seed, step, tensor_id);
+}
 
-    const RandomKey key = random_key(seed, step, tensor_id);
-    const bool stochastic = rounding == Rounding::stochastic;
-    const int mantissa_max = int(format.mantissa_max()), qmax = int(format.qmax());
-    Buffer<int8_t> values = view_3d(q.values.data(), q.view);
-    if (q.view.blocked) {
-        kernels::quantize_values_block(input.raw_buffer(), exponents.raw_buffer(), q.view.block, q.scale, mantissa_max,
-                                       format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
-                                       key.k1, values.raw_buffer());
-    } else {
-        kernels::quantize_values(input.raw_buffer(), exponents.raw_buffer(), q.scale, mantissa_max,
-                                 format.exponent_steps(), format.shift, qmax, format.has_sign, stochastic, key.k0,
-                                 key.k1, values.raw_buffer());
+bool row_maxima_serve(const Format &format) { return format.axis != GroupAxis::block; }
+
+bool scales_from_row_maxima(QuantizedTensor &q, const uint32_t *rows, int channels, int samples) {
+    const GroupAxis axis = q.format.axis;
+    auto group_of = [&](int n, int c) {
+        return axis == GroupAxis::sample ? size_t(n) : axis == GroupAxis::channel ? size_t(c) : 0;
+    };
+    std::vector<uint32_t> group_bits(q.group_exponents.size(), 0);
+    uint32_t tensor_bits = 0;
+    for (int n = 0; n < samples; n++) {
+        for (int c = 0; c < channels; c++) {
+            const uint32_t r = rows[size_t(n) * size_t(channels) + size_t(c)];
+            group_bits[group_of(n, c)] = std::max(group_bits[group_of(n, c)], r);
+            tensor_bits = std::max(tensor_bits, r);
+        }
     }
+    if (tensor_bits >= 0x7f800000u) return false;
+    q.scale = float_of_bits(tensor_bits);
+    const int max_e = q.format.max_group_exponent();
+    for (size_t g = 0; g < group_bits.size(); g++) {
+        q.group_exponents[g] = uint8_t(group_exponent(q.scale, float_of_bits(group_bits[g]), max_e));
+    }
+    return true;
+}
+
+void quantize_into(QuantizedTensor &q, const Tensor &tensor, const RowMaxima &rows, const Format &format,
+                   Rounding rounding, uint64_t seed, uint64_t step, uint32_t tensor_id, TensorRole role) {
+    if (!row_maxima_serve(format) || role == TensorRole::weight) {
+        throw std::invalid_argument(fmt::format("quantize: format {} of a {} cannot take its scales from row maxima",
+                                                to_string(format), role == TensorRole::weight ? "weight" : "tensor"));
+    }
+    const Shape &shape = tensor.shape();
+    const int64_t samples = shape.empty() ? 0 : shape[0], channels = shape.size() < 2 ? 0 : shape[1];
+    if (shape.size() < 2 || rows.samples != samples || rows.channels != channels ||
+        rows.lane_bits.size() != size_t(samples) * size_t(channels) * kRowMaxLanes) {
+        throw std::invalid_argument(
+            fmt::format("quantize: row maxima of {} samples x {} channels ({} lane values) for a tensor of shape {}",
+                        rows.samples, rows.channels, rows.lane_bits.size(), shape_string(shape)));
+    }
+    prepare(q, tensor, format, role);
+    if (tensor.numel() == 0) return;
+    std::vector<uint32_t> row_bits(size_t(samples) * size_t(channels));
+    for (size_t r = 0; r < row_bits.size(); r++) {
+        const uint32_t *lanes = rows.lane_bits.data() + r * kRowMaxLanes;
+        row_bits[r] = *std::max_element(lanes, lanes + kRowMaxLanes);
+    }
+    const Tensor source = tensor.contiguous();
+    if (!scales_from_row_maxima(q, row_bits.data(), int(channels), int(samples))) report_non_finite(source);
+    quantize_values_into(q, source, rounding, seed, step, tensor_id);
 }
 
 Tensor dequantize(const QuantizedTensor &q) {

@@ -57,6 +57,32 @@ QuantizedTensor quantize(const Tensor &tensor, const Format &format, Rounding ro
 void quantize_into(QuantizedTensor &out, const Tensor &tensor, const Format &format, Rounding rounding, uint64_t seed,
                    uint64_t step, uint32_t tensor_id, TensorRole role);
 
+// The row maxima of an (N, C, ...) tensor as the kernel that wrote it reports them
+// (batch_norm_backward): the bits of max |x| over each (c, n) row in kRowMaxLanes lanes,
+// lane_bits[(n * channels + c) * kRowMaxLanes + lane]; >= 0x7f800000 where a row holds Inf or
+// NaN. Max-abs bits order like the magnitudes.
+struct RowMaxima {
+    std::vector<uint32_t> lane_bits;
+    int channels = 0, samples = 0;
+};
+
+// Whether quantize_into can take a format's scales from row maxima: every group but block
+// groups (which cut rows) is a union of (c, n) rows.
+bool row_maxima_serve(const Format &format);
+
+// quantize_into, with the tensor scale and the group exponents taken from the tensor's row
+// maxima (a kernel wrote them with the tensor) instead of quantize_scales' pass over it: the
+// same result, bit for bit. For activations and errors in a format row_maxima_serve; throws
+// std::invalid_argument otherwise, or where the maxima are not the tensor's (N, C).
+void quantize_into(QuantizedTensor &out, const Tensor &tensor, const RowMaxima &rows, const Format &format,
+                   Rounding rounding, uint64_t seed, uint64_t step, uint32_t tensor_id, TensorRole role);
+
+// Sets q.scale and q.group_exponents (q.format, q.view and their sizes already set, for an
+// activation or error) from the max-abs bits of each (c, n) row, rows[n * channels + c], as
+// quantize_scales computes them. Returns false, leaving the scales unset, where a row holds
+// Inf or NaN.
+bool scales_from_row_maxima(QuantizedTensor &q, const uint32_t *rows, int channels, int samples);
+
 // x = q * S * 2^-e_g / qmax, rounded once to float32.
 Tensor dequantize(const QuantizedTensor &quantized);
 // The same into `out`, a contiguous tensor of the quantized tensor's shape (checked).

@@ -180,8 +180,11 @@ struct ChannelSumsPipeline {
     Halide::Func channel_sums;                  // (c): a Tuple of sums over n, or undefined
     std::vector<Halide::Func> channel_outputs;  // (c) outputs computed from channel_sums
     std::vector<Halide::Func> elementwise;      // (i, c, n) outputs, if any
-    Halide::Var i{"i"}, c{"c"}, n{"n"};
-    Halide::RDom over_row, over_samples;
+    // (lane, c, n): the first elementwise output's row maxima in lanes over over_lanes (batch
+    // norm backward's grad_input), computed in that output's pass; or undefined.
+    Halide::Func row_max_lanes;
+    Halide::Var i{"i"}, c{"c"}, n{"n"}, lane{"lane"};
+    Halide::RDom over_row, over_samples, over_lanes;
     Halide::Expr row_length;
 };
 

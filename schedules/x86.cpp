@@ -1,5 +1,7 @@
 #include "x86.h"
 
+#include "format.h"  // kRowMaxLanes
+
 namespace lowbit::schedules::x86 {
 
 using namespace Halide;
@@ -189,7 +191,44 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
     reduce_rows_in_lanes(p.row_sums, p.over_row, p.c, p.n, v, rows_per_task(params, p.row_length));
     if (p.channel_sums.defined()) p.channel_sums.compute_root();
     for (Func f : p.channel_outputs) f.compute_root();
-    for (const Func &f : p.elementwise) {
+    std::vector<Func> elementwise = p.elementwise;
+    if (p.row_max_lanes.defined()) {
+        // The outputs and the first one's row maxima in one pass: the same loop over rows
+        // (fused, compute_with), the maxima recomputing the row's values inline from the
+        // inputs the output just loaded (in cache), so the quantization that reads the output
+        // next needs no pass of its own for its scales.
+        Func out = elementwise.front();
+        elementwise.erase(elementwise.begin());
+        const Expr task_rows = rows_per_task(params, p.row_length);
+        Var go("go"), rows("rows"), row("row");
+        out.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf)
+            .fuse(p.c, p.n, go)
+            .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
+            .parallel(rows);
+        Func lane_max = p.row_max_lanes;
+        lane_max.bound(p.lane, 0, kRowMaxLanes).compute_root().vectorize(p.lane);
+        lane_max.update()
+            .reorder(p.lane, p.over_lanes, p.c, p.n)
+            .vectorize(p.lane)
+            .fuse(p.c, p.n, go)
+            .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
+            .parallel(rows)
+            .compute_with(out, row);
+        // The elements past the rows' whole vectors: none in the ResNets' planes, a few
+        // scalars elsewhere.
+        lane_max.update(1).unscheduled();
+        // The other outputs over the same rows (batch norm add-ReLU backward's grad_residual,
+        // which reads the same incoming gradient and mask) join the pass too.
+        for (Func f : elementwise) {
+            f.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf)
+                .fuse(p.c, p.n, go)
+                .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
+                .parallel(rows)
+                .compute_with(out, row);
+        }
+        elementwise.clear();
+    }
+    for (const Func &f : elementwise) {
         ElementwisePipeline e;
         e.output = f;
         e.i = p.i;

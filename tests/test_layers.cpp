@@ -2,8 +2,10 @@
 // tests/reference/layers_reference.h, which are themselves checked by finite differences.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "dispatch.h"
@@ -223,6 +225,86 @@ TEST(BatchNorm, FusedQuantizeEqualsQuantizeOfTheOutput) {
     EXPECT_THROW(
         batch_norm_relu_quantize_into(q, x, c3, c3, parse_format("m3e0/g3/block2"), Rounding::nearest, 0, 0, 0),
         std::invalid_argument);
+}
+
+// The row maxima both backward kernels write with their grad_input: each (c, n) row's max |dx|
+// (checked against a plain loop over dx), and the quantization of dx that takes its scales from
+// them equal to quantize(dx) bit for bit, for every group axis they serve and both roundings, on
+// every variant this CPU runs. Planes of 1, 16, 49 and 72 elements: no whole vector of lanes,
+// whole vectors only, and a tail.
+TEST(BatchNorm, BackwardRowMaximaGiveTheGradientsQuantization) {
+    std::mt19937 rng(8);
+    const Case cases[] = {{4, 7, 1, 1}, {3, 5, 4, 4}, {3, 5, 7, 7}, {2, 16, 8, 9}};
+    for (Isa isa : {Isa::avx512_vnni, Isa::avx2, Isa::baseline}) {
+        if (!cpu_supports(isa)) continue;
+        force_isa(isa);
+        for (const Case &s : cases) {
+            Tensor x = random_tensor({s.N, s.C, s.H, s.W}, rng, 0.1f, 1.5f), residual = random_tensor(x.shape(), rng);
+            Tensor gamma = random_tensor({s.C}, rng, 1.0f, 0.5f), beta = random_tensor({s.C}, rng, 0.0f, 0.5f);
+            Tensor dy = random_tensor(x.shape(), rng);
+            // Samples of very different sizes, so that group exponents differ between groups.
+            for (int64_t k = 0; k < dy.numel(); k++) dy[k] = std::ldexp(dy[k], int(k / (s.C * s.H * s.W) % 4) * 2);
+            Folded f = fold(x, gamma, beta);
+            for (int kernel = 0; kernel < 3; kernel++) {
+                Tensor dx = Tensor::uninitialized(x.shape()), dgamma({s.C}), dbeta({s.C});
+                RowMaxima rows;
+                if (kernel < 2) {
+                    batch_norm_backward(dy, x, f.mean, f.inv_std, f.scale, f.shift, kernel == 1, dx, dgamma, dbeta,
+                                        &rows);
+                } else {
+                    Tensor y = Tensor::uninitialized(x.shape()), dres = Tensor::uninitialized(x.shape());
+                    ReluMask mask;
+                    batch_norm_add_relu(x, f.scale, f.shift, residual, y, mask);
+                    batch_norm_add_relu_backward(dy, x, mask, f.mean, f.inv_std, f.scale, dx, dgamma, dbeta, dres,
+                                                 &rows);
+                }
+                ASSERT_EQ(rows.channels, s.C);
+                ASSERT_EQ(rows.samples, s.N);
+                ASSERT_EQ(rows.lane_bits.size(), size_t(s.N * s.C) * kRowMaxLanes);
+                const int64_t plane = s.H * s.W;
+                for (int64_t row = 0; row < s.N * s.C; row++) {
+                    float want = 0.0f;
+                    for (int64_t i = 0; i < plane; i++) want = std::max(want, std::fabs(dx[row * plane + i]));
+                    uint32_t got_bits = 0;
+                    for (int l = 0; l < kRowMaxLanes; l++)
+                        got_bits = std::max(got_bits, rows.lane_bits[size_t(row) * kRowMaxLanes + size_t(l)]);
+                    float got;
+                    std::memcpy(&got, &got_bits, sizeof got);
+                    ASSERT_EQ(got, want) << to_string(isa) << " kernel " << kernel << " row " << row;
+                }
+                for (const char *text : {"m1e2/g3/sample", "m3e0/g3/channel", "m3e0", "m7e0/g8/sample"}) {
+                    for (Rounding r : {Rounding::nearest, Rounding::stochastic}) {
+                        const Format fmt = parse_format(text);
+                        const QuantizedTensor want = quantize(dx, fmt, r, 11, 3, 5, TensorRole::error);
+                        QuantizedTensor got;
+                        quantize_into(got, dx, rows, fmt, r, 11, 3, 5, TensorRole::error);
+                        EXPECT_EQ(got.scale, want.scale) << text;
+                        EXPECT_EQ(got.group_exponents, want.group_exponents) << text;
+                        ASSERT_EQ(got.values, want.values) << text << " " << to_string(r) << " " << to_string(isa);
+                    }
+                }
+            }
+        }
+    }
+    force_isa(std::nullopt);
+    // Row maxima of another shape, block groups and a gradient holding NaN are refused.
+    Tensor x = random_tensor({2, 3, 4, 4}, rng), dy = random_tensor(x.shape(), rng), c3({3});
+    Folded f = fold(x, random_tensor({3}, rng), random_tensor({3}, rng));
+    Tensor dx = Tensor::uninitialized(x.shape());
+    RowMaxima rows;
+    batch_norm_backward(dy, x, f.mean, f.inv_std, f.scale, f.shift, false, dx, c3, c3, &rows);
+    QuantizedTensor q;
+    const Format m1e2 = parse_format("m1e2/g3/sample");
+    Tensor other = random_tensor({2, 4, 4, 4}, rng);
+    EXPECT_THROW(quantize_into(q, other, rows, m1e2, Rounding::nearest, 0, 0, 0, TensorRole::error),
+                 std::invalid_argument);
+    EXPECT_THROW(
+        quantize_into(q, dx, rows, parse_format("m3e0/g3/block2"), Rounding::nearest, 0, 0, 0, TensorRole::error),
+        std::invalid_argument);
+    dy[5] = std::nanf("");
+    batch_norm_backward(dy, x, f.mean, f.inv_std, f.scale, f.shift, false, dx, c3, c3, &rows);
+    EXPECT_THROW(quantize_into(q, dx, rows, m1e2, Rounding::nearest, 0, 0, 0, TensorRole::error),
+                 std::invalid_argument);
 }
 
 TEST(BatchNorm, RejectsMismatchedShapes) {

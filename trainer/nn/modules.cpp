@@ -113,14 +113,27 @@ Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const Step
 
 Tensor Conv2d::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
     Tensor dx;
-    backward_into(dy, ctx, need_input_grad ? &dx : nullptr, false);
+    backward_into(dy, nullptr, ctx, need_input_grad ? &dx : nullptr, false);
     return dx;
 }
 
-void Conv2d::backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx) { backward_into(dy, ctx, &dx, true); }
+Tensor Conv2d::backward(const Tensor &dy, const RowMaxima &dy_rows, const StepContext &ctx, bool need_input_grad) {
+    Tensor dx;
+    backward_into(dy, &dy_rows, ctx, need_input_grad ? &dx : nullptr, false);
+    return dx;
+}
+
+void Conv2d::backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx) {
+    backward_into(dy, nullptr, ctx, &dx, true);
+}
+
+void Conv2d::backward_add(const Tensor &dy, const RowMaxima &dy_rows, const StepContext &ctx, Tensor &dx) {
+    backward_into(dy, &dy_rows, ctx, &dx, true);
+}
 
 // The weight gradient, and dA written to *dx or added to it (`accumulate`); no dA without dx.
-void Conv2d::backward_into(const Tensor &dy, const StepContext &ctx, Tensor *dx, bool accumulate) {
+void Conv2d::backward_into(const Tensor &dy, const RowMaxima *dy_rows, const StepContext &ctx, Tensor *dx,
+                           bool accumulate) {
     Tensor grad = store_->grad(weight_);
     if (!precision_.low_bit) {
         const Tensor w = store_->value(weight_);
@@ -132,8 +145,13 @@ void Conv2d::backward_into(const Tensor &dy, const StepContext &ctx, Tensor *dx,
     }
     const LayerPrecision &p = precision_;
     QuantizedTensor &errors = error_scratch();
-    quantize_into(errors, dy, p.errors, p.error_rounding, ctx.seed, ctx.step, tensor_id(id_, TensorRole::error),
-                  TensorRole::error);
+    const uint32_t errors_id = tensor_id(id_, TensorRole::error);
+    if (dy_rows != nullptr && row_maxima_serve(p.errors)) {
+        quantize_into(errors, dy, *dy_rows, p.errors, p.error_rounding, ctx.seed, ctx.step, errors_id,
+                      TensorRole::error);
+    } else {
+        quantize_into(errors, dy, p.errors, p.error_rounding, ctx.seed, ctx.step, errors_id, TensorRole::error);
+    }
     if (dx && accumulate) conv_backward_data_add(errors, saved_weights_, geometry_, *dx);
     if (dx && !accumulate) *dx = conv_backward_data(errors, saved_weights_, input_shape_, geometry_);
     copy_into(grad, conv_backward_weight(errors, saved_activations_, kernel_, geometry_));
@@ -230,7 +248,7 @@ Tensor BatchNorm2d::backward_masked(const Tensor &g, bool relu) {
     if (saved_input_.numel() == 0) throw std::logic_error("BatchNorm2d: backward without a training forward");
     Tensor dx = Tensor::uninitialized(g.shape());
     Tensor dgamma = store_->grad(gamma_), dbeta = store_->grad(beta_);
-    batch_norm_backward(g, saved_input_, mean_, inv_std_, scale_, shift_, relu, dx, dgamma, dbeta);
+    batch_norm_backward(g, saved_input_, mean_, inv_std_, scale_, shift_, relu, dx, dgamma, dbeta, &grad_rows_);
     saved_input_ = Tensor();
     return dx;
 }
@@ -243,7 +261,7 @@ Tensor BatchNorm2d::backward_add_relu(const Tensor &dy, Tensor &residual_grad) {
     residual_grad = Tensor::uninitialized(dy.shape());
     Tensor dgamma = store_->grad(gamma_), dbeta = store_->grad(beta_);
     batch_norm_add_relu_backward(dy, saved_input_, saved_mask_, mean_, inv_std_, scale_, dx, dgamma, dbeta,
-                                 residual_grad);
+                                 residual_grad, &grad_rows_);
     saved_input_ = Tensor();
     return dx;
 }
@@ -404,21 +422,25 @@ Tensor BasicBlock::forward(const Tensor &x, const StepContext &ctx) {
 
 Tensor BasicBlock::backward(const Tensor &dy, const StepContext &ctx, bool need_input_grad) {
     Tensor g;  // dL/d(shortcut output) = dL/d(bn2 output) behind the ReLU
+    // Each convolution's incoming gradient comes with its row maxima, from the batch norm
+    // that wrote it: the scales of its quantization, without a pass of their own.
     const Tensor d_conv2 = bn2_.backward_add_relu(dy, g);
-    const Tensor d_h = conv2_.backward(d_conv2, ctx, true);
+    const Tensor d_h = conv2_.backward(d_conv2, bn2_.grad_input_rows(), ctx, true);
     const Tensor d_conv1 = bn1_.backward(d_h, ctx, true);
+    const RowMaxima &conv1_rows = bn1_.grad_input_rows();
     // The two paths' input gradients meet in backward-data's store (Conv2d::backward_add):
     // the shortcut's gradient, or conv1's where the shortcut has a convolution of its own.
     if (!shortcut_conv_) {
-        if (!need_input_grad) return conv1_.backward(d_conv1, ctx, false);
+        if (!need_input_grad) return conv1_.backward(d_conv1, conv1_rows, ctx, false);
         Tensor dx = std::move(g);  // dL/dx through the identity; nothing else reads g
-        conv1_.backward_add(d_conv1, ctx, dx);
+        conv1_.backward_add(d_conv1, conv1_rows, ctx, dx);
         return dx;
     }
-    Tensor dx = conv1_.backward(d_conv1, ctx, need_input_grad);
+    Tensor dx = conv1_.backward(d_conv1, conv1_rows, ctx, need_input_grad);
     const Tensor d_short = shortcut_bn_->backward(g, ctx, true);
-    if (!need_input_grad) return shortcut_conv_->backward(d_short, ctx, false);
-    shortcut_conv_->backward_add(d_short, ctx, dx);
+    const RowMaxima &short_rows = shortcut_bn_->grad_input_rows();
+    if (!need_input_grad) return shortcut_conv_->backward(d_short, short_rows, ctx, false);
+    shortcut_conv_->backward_add(d_short, short_rows, ctx, dx);
     return dx;
 }
 

@@ -73,9 +73,14 @@ public:
     // backward(dy, ctx, true) added into dx (the input's shape) in the kernel's store: dx +
     // backward(...) bit for bit, without the pass of its own.
     void backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx);
+    // The same two, given dy's row maxima as the batch norm that wrote dy reports them
+    // (BatchNorm2d::grad_input_rows): the quantization of dy takes its scales from them
+    // instead of a pass over dy. The same results bit for bit.
+    Tensor backward(const Tensor &dy, const RowMaxima &dy_rows, const StepContext &ctx, bool need_input_grad);
+    void backward_add(const Tensor &dy, const RowMaxima &dy_rows, const StepContext &ctx, Tensor &dx);
 
 private:
-    void backward_into(const Tensor &dy, const StepContext &ctx, Tensor *dx, bool accumulate);
+    void backward_into(const Tensor &dy, const RowMaxima *dy_rows, const StepContext &ctx, Tensor *dx, bool accumulate);
     // The forward pass once saved_activations_ holds the quantized input.
     Tensor forward_quantized(const StepContext &ctx);
 
@@ -106,6 +111,8 @@ public:
     void forward_quantized(const Tensor &x, const StepContext &ctx, QuantizedTensor &out, const Format &format,
                            Rounding rounding, uint32_t tensor_id);
     bool relu() const { return relu_; }
+    // The row maxima of the gradient the last backward returned (see Conv2d::backward).
+    const RowMaxima &grad_input_rows() const { return grad_rows_; }
     void collect_state(StateList &out, const std::string &prefix) override;
     Shape output_shape(const Shape &input) const override { return input; }
 
@@ -122,6 +129,7 @@ private:
     Tensor mean_, variance_, inv_std_, scale_, shift_;
     Tensor saved_input_;
     ReluMask saved_mask_;  // forward_add_relu's, for backward_add_relu
+    RowMaxima grad_rows_;
 };
 
 // y = x W^T + b on (N, I) or (N, C, H, W) flattened. float32 unless its precision says
