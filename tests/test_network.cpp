@@ -185,6 +185,51 @@ TEST(NetworkGradient, UnsignedActivationsAfterReluFollowFloat32Closer) {
 // Recalibration (StepContext::average_batch, for a network deployed at another precision):
 // batch k sets the running statistics to the plain average of batches 1..k of the batch
 // means and unbiased variances, whatever they held before; against float64.
+// A residual block's strided shortcut reads the input its conv1 quantized
+// (Conv2d::forward_sharing_input): its output and its gradients are those of a layer that
+// quantized the input itself, bit for bit. With stochastic activation rounding it quantizes
+// its own (the draws depend on the layer), which gives what forward gives.
+TEST(Conv2dModule, SharedQuantizedInputGivesTheSameResults) {
+    for (Rounding rounding : {Rounding::nearest, Rounding::stochastic}) {
+        LayerPrecision p;
+        p.low_bit = true;
+        p.activations = parse_format("um4e0/g3/sample");
+        p.weights = parse_format("m3e0/g3/channel");
+        p.errors = parse_format("m1e2/g3/sample");
+        p.activation_rounding = rounding;
+        ParameterStore store;
+        Conv2d conv1(4, 6, 3, 1, 1, p, 1), shared(4, 8, 1, 2, 0, p, 2), own(4, 8, 1, 2, 0, p, 2);
+        conv1.register_parameters(store, "conv1.");
+        shared.register_parameters(store, "shared.");
+        own.register_parameters(store, "own.");
+        store.finalize();
+        std::mt19937_64 rng(3);
+        conv1.initialize(store, rng);
+        shared.initialize(store, rng);
+        Tensor w_shared = store.value(1), w_own = store.value(2);
+        for (int64_t k = 0; k < w_own.numel(); k++) w_own[k] = w_shared[k];
+        std::mt19937 data(4);
+        std::normal_distribution<float> d(0.0f, 1.0f);
+        Tensor x({3, 4, 8, 8}), dy({3, 8, 4, 4});
+        for (int64_t k = 0; k < x.numel(); k++) x[k] = std::max(0.0f, d(data));
+        for (int64_t k = 0; k < dy.numel(); k++) dy[k] = d(data);
+        const StepContext ctx{true, 5, 2};
+        conv1.forward(x, ctx);
+        const Tensor y_shared = shared.forward_sharing_input(x, conv1, ctx), y_own = own.forward(x, ctx);
+        ASSERT_EQ(y_shared.numel(), y_own.numel());
+        for (int64_t k = 0; k < y_own.numel(); k++) ASSERT_EQ(y_shared[k], y_own[k]) << to_string(rounding) << k;
+        const Tensor dx_shared = shared.backward(dy, ctx, true), dx_own = own.backward(dy, ctx, true);
+        for (int64_t k = 0; k < dx_own.numel(); k++) ASSERT_EQ(dx_shared[k], dx_own[k]) << k;
+        const Tensor g_shared = store.grad(1), g_own = store.grad(2);
+        double norm = 0;
+        for (int64_t k = 0; k < g_own.numel(); k++) {
+            ASSERT_EQ(g_shared[k], g_own[k]) << k;
+            norm += std::fabs(g_own[k]);
+        }
+        EXPECT_GT(norm, 0.0);  // a gradient, not two zero buffers
+    }
+}
+
 TEST(BatchNormModule, RecalibrationAveragesTheBatchStatistics) {
     const int64_t N = 4, C = 3, H = 5, W = 6;
     BatchNorm2d bn(C, false);

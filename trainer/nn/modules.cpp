@@ -89,8 +89,23 @@ Tensor Conv2d::forward(const Tensor &x, const StepContext &ctx) {
         return conv_forward(x, w, geometry_);
     }
     const LayerPrecision &p = precision_;
+    shared_activations_ = nullptr;
     quantize_into(saved_activations_, x, p.activations, p.activation_rounding, ctx.seed, ctx.step,
                   tensor_id(id_, TensorRole::activation), TensorRole::activation);
+    return forward_quantized(ctx);
+}
+
+Tensor Conv2d::forward_sharing_input(const Tensor &x, const Conv2d &quantized_by, const StepContext &ctx) {
+    // Nearest rounding only: stochastic draws depend on the layer's tensor id, so two layers'
+    // quantizations of one tensor differ.
+    const LayerPrecision &p = precision_, &q = quantized_by.precision_;
+    const bool same = p.low_bit && q.low_bit && p.activations == q.activations &&
+                      p.activation_rounding == Rounding::nearest && q.activation_rounding == Rounding::nearest &&
+                      quantized_by.shared_activations_ == nullptr && quantized_by.input_shape_ == x.shape() &&
+                      quantized_by.saved_activations_.shape == x.shape();
+    if (!same) return forward(x, ctx);
+    input_shape_ = x.shape();
+    shared_activations_ = &quantized_by.saved_activations_;
     return forward_quantized(ctx);
 }
 
@@ -98,7 +113,7 @@ Tensor Conv2d::forward_quantized(const StepContext &ctx) {
     const LayerPrecision &p = precision_;
     quantize_into(saved_weights_, store_->value(weight_), p.weights, p.weight_rounding, ctx.seed, ctx.step,
                   tensor_id(id_, TensorRole::weight), TensorRole::weight);
-    return conv_forward(saved_activations_, saved_weights_, geometry_);
+    return conv_forward(activations(), saved_weights_, geometry_);
 }
 
 Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const StepContext &ctx) {
@@ -106,6 +121,7 @@ Tensor Conv2d::forward_after(BatchNorm2d &bn, const Tensor &bn_input, const Step
     if (!p.low_bit || !bn.relu() || !fused_quantize_supports(p.activations))
         return forward(bn.forward(bn_input, ctx), ctx);
     input_shape_ = bn_input.shape();
+    shared_activations_ = nullptr;
     bn.forward_quantized(bn_input, ctx, saved_activations_, p.activations, p.activation_rounding,
                          tensor_id(id_, TensorRole::activation));
     return forward_quantized(ctx);
@@ -154,7 +170,7 @@ void Conv2d::backward_into(const Tensor &dy, const RowMaxima *dy_rows, const Ste
     }
     if (dx && accumulate) conv_backward_data_add(errors, saved_weights_, geometry_, *dx);
     if (dx && !accumulate) *dx = conv_backward_data(errors, saved_weights_, input_shape_, geometry_);
-    copy_into(grad, conv_backward_weight(errors, saved_activations_, kernel_, geometry_));
+    copy_into(grad, conv_backward_weight(errors, activations(), kernel_, geometry_));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -416,7 +432,9 @@ int64_t BasicBlock::multiply_adds(const Shape &input) const {
 
 Tensor BasicBlock::forward(const Tensor &x, const StepContext &ctx) {
     const Tensor c2 = conv2_.forward_after(bn1_, conv1_.forward(x, ctx), ctx);
-    const Tensor shortcut = shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward(x, ctx), ctx) : x;
+    // The strided shortcut reads the block input that conv1 has just quantized.
+    const Tensor shortcut =
+        shortcut_conv_ ? shortcut_bn_->forward(shortcut_conv_->forward_sharing_input(x, conv1_, ctx), ctx) : x;
     return bn2_.forward_add_relu(c2, shortcut, ctx);
 }
 

@@ -70,6 +70,12 @@ public:
     // conv(bn(x)) for a batch norm with ReLU: in low-bit mode the batch norm writes this
     // layer's quantized input directly (batch_norm_relu_quantize_into), never a float32 one.
     Tensor forward_after(BatchNorm2d &bn, const Tensor &bn_input, const StepContext &ctx);
+    // forward(x, ctx) where `quantized_by`, a layer of the same activation format, has just
+    // quantized this same x in its forward (a residual block's strided shortcut and its conv1
+    // both read the block input): this layer reads that quantized input, for its forward and
+    // its backward, instead of quantizing x again. The same results bit for bit; only with
+    // nearest rounding (otherwise, and in float32 mode, plain forward).
+    Tensor forward_sharing_input(const Tensor &x, const Conv2d &quantized_by, const StepContext &ctx);
     // backward(dy, ctx, true) added into dx (the input's shape) in the kernel's store: dx +
     // backward(...) bit for bit, without the pass of its own.
     void backward_add(const Tensor &dy, const StepContext &ctx, Tensor &dx);
@@ -81,8 +87,11 @@ public:
 
 private:
     void backward_into(const Tensor &dy, const RowMaxima *dy_rows, const StepContext &ctx, Tensor *dx, bool accumulate);
-    // The forward pass once saved_activations_ holds the quantized input.
+    // The forward pass once activations() holds the quantized input.
     Tensor forward_quantized(const StepContext &ctx);
+    const QuantizedTensor &activations() const {
+        return shared_activations_ != nullptr ? *shared_activations_ : saved_activations_;
+    }
 
     int in_, out_, kernel_;
     ConvGeometry geometry_;
@@ -93,6 +102,9 @@ private:
     Shape input_shape_;
     Tensor saved_input_;                                 // float32 mode
     QuantizedTensor saved_activations_, saved_weights_;  // low-bit mode
+    // Another layer's saved_activations_, read instead of this layer's own
+    // (forward_sharing_input); null otherwise.
+    const QuantizedTensor *shared_activations_ = nullptr;
 };
 
 // Batch norm over channels, with a fused ReLU (`relu`) or, through forward_add_relu, the
