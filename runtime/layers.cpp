@@ -134,14 +134,7 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
     const View v = activation_view(what, x);
     require_channels(what, "scale", scale, v.channels);
     require_channels(what, "shift", shift, v.channels);
-    const int max_e = format.max_group_exponent();
-    q.format = format;
-    q.role = TensorRole::activation;
-    q.shape = x.shape();
-    q.view = group_view(x.shape(), format, TensorRole::activation);
-    q.values.resize(size_t(x.numel()));
-    q.group_exponents.assign(size_t(q.view.group_count()), uint8_t(max_e));
-    q.scale = 0.0f;
+    prepare_quantized(q, x, format, TensorRole::activation);
     if (x.numel() == 0) return;
 
     auto in = view_buffer(x, v);
@@ -154,13 +147,10 @@ void batch_norm_relu_quantize_into(QuantizedTensor &q, const Tensor &x, const Te
         throw std::invalid_argument(
             fmt::format("{}: the batch-norm output of shape {} holds NaN or Inf", what, shape_string(x.shape())));
     // The exponent of each (c, n) row, from its group's.
-    auto group_of = [&](int n, int c) {
-        return format.axis == GroupAxis::sample ? size_t(n) : format.axis == GroupAxis::channel ? size_t(c) : 0;
-    };
     std::vector<uint8_t> exponents(rows.size());
     for (int n = 0; n < v.samples; n++) {
         for (int c = 0; c < v.channels; c++) {
-            exponents[size_t(n) * size_t(v.channels) + size_t(c)] = q.group_exponents[group_of(n, c)];
+            exponents[size_t(n) * size_t(v.channels) + size_t(c)] = q.group_exponents[row_group(format, n, c)];
         }
     }
     Buffer<uint8_t> exponent_grid(exponents.data(), {v.channels, v.samples});

@@ -132,10 +132,7 @@ QuantizedTensor quantize(const Tensor &tensor, const Format &format, Rounding ro
     return q;
 }
 
-namespace {
-
-// q's format, shape, view and storage for `tensor`, its scales not yet set.
-void prepare(QuantizedTensor &q, const Tensor &tensor, const Format &format, TensorRole role) {
+void prepare_quantized(QuantizedTensor &q, const Tensor &tensor, const Format &format, TensorRole role) {
     validate(format);
     require_int8(format);
     q.format = format;
@@ -146,6 +143,8 @@ void prepare(QuantizedTensor &q, const Tensor &tensor, const Format &format, Ten
     q.group_exponents.assign(size_t(q.view.group_count()), uint8_t(format.max_group_exponent()));
     q.scale = 0.0f;
 }
+
+namespace {
 
 // The values of q (its scales set) from `source`, contiguous.
 void quantize_values_into(QuantizedTensor &q, const Tensor &source, Rounding rounding, uint64_t seed, uint64_t step,
@@ -178,7 +177,7 @@ float float_of_bits(uint32_t bits) {
 
 void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &format, Rounding rounding, uint64_t seed,
                    uint64_t step, uint32_t tensor_id, TensorRole role) {
-    prepare(q, tensor, format, role);
+    prepare_quantized(q, tensor, format, role);
     if (tensor.numel() == 0) return;
 
     const Tensor source = tensor.contiguous();
@@ -200,16 +199,13 @@ void quantize_into(QuantizedTensor &q, const Tensor &tensor, const Format &forma
 bool row_maxima_serve(const Format &format) { return format.axis != GroupAxis::block; }
 
 bool scales_from_row_maxima(QuantizedTensor &q, const uint32_t *rows, int channels, int samples) {
-    const GroupAxis axis = q.format.axis;
-    auto group_of = [&](int n, int c) {
-        return axis == GroupAxis::sample ? size_t(n) : axis == GroupAxis::channel ? size_t(c) : 0;
-    };
     std::vector<uint32_t> group_bits(q.group_exponents.size(), 0);
     uint32_t tensor_bits = 0;
     for (int n = 0; n < samples; n++) {
         for (int c = 0; c < channels; c++) {
             const uint32_t r = rows[size_t(n) * size_t(channels) + size_t(c)];
-            group_bits[group_of(n, c)] = std::max(group_bits[group_of(n, c)], r);
+            uint32_t &group = group_bits[row_group(q.format, n, c)];
+            group = std::max(group, r);
             tensor_bits = std::max(tensor_bits, r);
         }
     }
@@ -236,7 +232,7 @@ void quantize_into(QuantizedTensor &q, const Tensor &tensor, const RowMaxima &ro
             fmt::format("quantize: row maxima of {} samples x {} channels ({} lane values) for a tensor of shape {}",
                         rows.samples, rows.channels, rows.lane_bits.size(), shape_string(shape)));
     }
-    prepare(q, tensor, format, role);
+    prepare_quantized(q, tensor, format, role);
     if (tensor.numel() == 0) return;
     std::vector<uint32_t> row_bits(size_t(samples) * size_t(channels));
     for (size_t r = 0; r < row_bits.size(); r++) {

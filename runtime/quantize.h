@@ -77,6 +77,16 @@ bool row_maxima_serve(const Format &format);
 void quantize_into(QuantizedTensor &out, const Tensor &tensor, const RowMaxima &rows, const Format &format,
                    Rounding rounding, uint64_t seed, uint64_t step, uint32_t tensor_id, TensorRole role);
 
+// q's format, role, shape, group view and storage for `tensor` (values unset, group exponents
+// at the format's maximum, scale 0), for a kernel to fill. Validates the format (int8 only).
+void prepare_quantized(QuantizedTensor &q, const Tensor &tensor, const Format &format, TensorRole role);
+
+// The group of row (c, n) of an activation or error in a format row_maxima_serve: the sample,
+// the channel or the one group.
+inline size_t row_group(const Format &format, int n, int c) {
+    return format.axis == GroupAxis::sample ? size_t(n) : format.axis == GroupAxis::channel ? size_t(c) : 0;
+}
+
 // Sets q.scale and q.group_exponents (q.format, q.view and their sizes already set, for an
 // activation or error) from the max-abs bits of each (c, n) row, rows[n * channels + c], as
 // quantize_scales computes them. Returns false, leaving the scales unset, where a row holds

@@ -101,8 +101,7 @@ Tensor Conv2d::forward_sharing_input(const Tensor &x, const Conv2d &quantized_by
     const LayerPrecision &p = precision_, &q = quantized_by.precision_;
     const bool same = p.low_bit && q.low_bit && p.activations == q.activations &&
                       p.activation_rounding == Rounding::nearest && q.activation_rounding == Rounding::nearest &&
-                      quantized_by.shared_activations_ == nullptr && quantized_by.input_shape_ == x.shape() &&
-                      quantized_by.saved_activations_.shape == x.shape();
+                      quantized_by.shared_activations_ == nullptr && quantized_by.saved_activations_.shape == x.shape();
     if (!same) return forward(x, ctx);
     input_shape_ = x.shape();
     shared_activations_ = &quantized_by.saved_activations_;
