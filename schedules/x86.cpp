@@ -201,30 +201,26 @@ void schedule_channel_sums(ChannelSumsPipeline p, const ElementwiseParams &param
         elementwise.erase(elementwise.begin());
         const Expr task_rows = rows_per_task(params, p.row_length);
         Var go("go"), rows("rows"), row("row");
-        out.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf)
-            .fuse(p.c, p.n, go)
-            .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
-            .parallel(rows);
+        // The one loop over rows that every stage of the pass has, for compute_with to fuse.
+        auto over_rows = [&](Stage s) {
+            s.fuse(p.c, p.n, go).split(go, rows, row, task_rows, TailStrategy::GuardWithIf).parallel(rows);
+        };
+        out.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf);
+        over_rows(out);
         Func lane_max = p.row_max_lanes;
         lane_max.bound(p.lane, 0, kRowMaxLanes).compute_root().vectorize(p.lane);
-        lane_max.update()
-            .reorder(p.lane, p.over_lanes, p.c, p.n)
-            .vectorize(p.lane)
-            .fuse(p.c, p.n, go)
-            .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
-            .parallel(rows)
-            .compute_with(out, row);
+        lane_max.update().reorder(p.lane, p.over_lanes, p.c, p.n).vectorize(p.lane);
+        over_rows(lane_max.update());
+        lane_max.update().compute_with(out, row);
         // The elements past the rows' whole vectors: none in the ResNets' planes, a few
         // scalars elsewhere.
         lane_max.update(1).unscheduled();
         // The other outputs over the same rows (batch norm add-ReLU backward's grad_residual,
         // which reads the same incoming gradient and mask) join the pass too.
         for (Func f : elementwise) {
-            f.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf)
-                .fuse(p.c, p.n, go)
-                .split(go, rows, row, task_rows, TailStrategy::GuardWithIf)
-                .parallel(rows)
-                .compute_with(out, row);
+            f.vectorize(p.i, lanes(params, target), TailStrategy::GuardWithIf);
+            over_rows(f);
+            f.compute_with(out, row);
         }
         elementwise.clear();
     }
