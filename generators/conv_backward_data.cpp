@@ -40,6 +40,7 @@ void set_integer_backward_data_estimates(Gen &gen) {
     gen.phases.set_estimate(1);
     gen.pad_x.set_estimate(1);
     gen.pad_y.set_estimate(1);
+    gen.window_taps.set_estimate(lowbit::kAllWindowTaps);
     gen.addend.set_estimates(kActivationEstimate);
     gen.accumulate.set_estimate(false);
     gen.output.set_estimates(kActivationEstimate);
@@ -59,6 +60,7 @@ public:
     // Per axis, and the kernel may be rectangular: a phase's sub-kernel (runtime/conv.cpp).
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
+    Input<int> window_taps{"window_taps"};     // as ConvBackwardDataNarrow's
     Input<Buffer<float, 4>> addend{"addend"};  // (x, y, c, n), added where `accumulate`
     Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n): dL/dA
@@ -66,6 +68,10 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         const int g = p.group = dot_width(get_target(), dot);
+        // Lanes along x skip the zero taps of a stride-2 layer's merged window (as the narrow
+        // sums do); lanes along channels hold all four phases of a tap in one vector.
+        p.phases = phases;
+        if (!channel_lanes) p.window_taps = window_taps;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Func e = channel_bounded(errors, errors.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
@@ -83,6 +89,7 @@ public:
         output(x, y, k, n) = strict_float(
             add_addend(p, cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)), addend, accumulate));
         p.output = output;
+        output.dim(2).set_min(0);                     // as ConvBackwardDataNarrow's
         p.output_stride_x = any_x_stride(output);     // the pixels a 1x1 strided layer reaches
         addend.dim(0).set_stride(p.output_stride_x);  // the same view, where it is the output
 
@@ -117,6 +124,7 @@ public:
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
     Input<int> chunk{"chunk"};                 // groups of 4 output channels per int16 sum
+    Input<int> window_taps{"window_taps"};     // the merged window's taps per phase (kAllWindowTaps)
     Input<Buffer<float, 4>> addend{"addend"};  // as ConvBackwardData's
     Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
@@ -124,6 +132,9 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         p.group = 4;
+        // Set first: the narrow sums and the correction skip the zero taps of the phases.
+        p.phases = phases;
+        p.window_taps = window_taps;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr channels = errors.dim(2).extent();
         Func e = channel_bounded(errors, channels, cast<int8_t>(0));
@@ -135,12 +146,16 @@ public:
         // A channel past the last o has weight `offset` here, but its errors are zero.
         Expr shifted = cast<int16_t>(w(kernel_x - 1 - x, kernel_y - 1 - y, k, o)) << cast<int16_t>(shift(o));
         p.packed_weights(j, x, y, group, k) = cast<uint8_t>(shifted + cast<int16_t>(weight_offset));
-        Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk) -
-                   define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
+        // Two statements: the correction reads what the correlation records in p.
+        Expr sum = define_narrow_correlation(p, kernel_x, kernel_y, channels, chunk);
+        sum -= define_offset_correction(p, e, channels, kernel_x, kernel_y, weight_offset);
         sum = interleave_phases(p, sum, phases);
         output(x, y, k, n) = strict_float(
             add_addend(p, cast<float>(cast<double>(sum) * error_scale(n) * weight_scale(k)), addend, accumulate));
         p.output = output;
+        // Channel 0 first (as the runtime passes it): a channel tile's phases are then
+        // constants, which the tap tests need to fold.
+        output.dim(2).set_min(0);
 
         set_integer_backward_data_estimates(*this);
         weight_offset.set_estimate(7);
@@ -161,6 +176,7 @@ public:
     Input<int> phases{"phases"};                 // as ConvBackwardData's
     Input<int> pad_x{"pad_x"};
     Input<int> pad_y{"pad_y"};
+    Input<int> window_taps{"window_taps"};     // as ConvBackwardDataNarrow's
     Input<Buffer<float, 4>> addend{"addend"};  // as ConvBackwardData's
     Input<bool> accumulate{"accumulate"};
     Output<Buffer<float, 4>> output{"output"};  // (x, y, c, n)
@@ -168,6 +184,10 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o = p.channel_group;
         p.group = 1;
+        // Lanes along x skip the zero taps of a stride-2 layer's merged window, as the
+        // narrow sums do; lanes along channels hold all four phases of a tap in one vector.
+        p.phases = phases;
+        if (!channel_lanes) p.window_taps = window_taps;
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });
@@ -176,6 +196,7 @@ public:
             interleave_phases(p, define_correlation(p, kernel_x, kernel_y, errors.dim(2).extent(), Float(32)), phases);
         output(x, y, k, n) = add_addend(p, sum, addend, accumulate);
         p.output = output;
+        output.dim(2).set_min(0);                     // as ConvBackwardDataNarrow's
         p.output_stride_x = any_x_stride(output);     // the pixels a 1x1 strided layer reaches
         addend.dim(0).set_stride(p.output_stride_x);  // the same view, where it is the output
 
@@ -184,6 +205,7 @@ public:
         phases.set_estimate(1);
         pad_x.set_estimate(1);
         pad_y.set_estimate(1);
+        window_taps.set_estimate(lowbit::kAllWindowTaps);
         addend.set_estimates(kActivationEstimate);
         accumulate.set_estimate(false);
         output.set_estimates(kActivationEstimate);

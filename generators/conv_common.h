@@ -7,6 +7,7 @@
 #include "../schedules/pipelines.h"
 #include "../schedules/x86.h"
 #include "Halide.h"
+#include "format.h"
 
 namespace lowbit::conv {
 
@@ -110,6 +111,15 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
     return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + kWeightOffset4) : cast<int16_t>(value);
 }
 
+// Whether slot (kx, ky) of backward-data's merged window is a tap of the phase that
+// accumulator channel k holds (p.window_taps, see kAllWindowTaps; channel s (s c + py) + px
+// at s = 2). The schedules specialize on the odd 3x3 pattern, where with the channel tile
+// unrolled each product's test is a constant: the zero taps' products are not emitted.
+inline Expr is_phase_tap(const schedules::ConvPipeline &p, const Expr &kx, const Expr &ky, const Expr &k) {
+    auto tap = [&](const Expr &phase, const Expr &slot) { return ((p.window_taps >> (2 * phase + slot)) & 1) == 1; };
+    return p.kernel != 2 || p.window_taps == kAllWindowTaps || (tap(k % 2, kx) && tap((k / 2) % 2, ky));
+}
+
 // Weights offset by `offset` to make them unsigned add offset x (the window sum of the inputs
 // over all channels) to each correlation: sum (w + offset) a = sum w a + offset sum a.
 // Defines p.channel_total (the sum over `channels` of `source`, the unpadded input as
@@ -123,10 +133,16 @@ inline Expr define_offset_correction(schedules::ConvPipeline &p, const Func &sou
     p.channel_total(p.x, p.y, p.n) += cast<int32_t>(source(p.x, p.y, over_channels, p.n));
     p.channel_sum(p.x, p.y, p.n) = cast<int32_t>(0);
     p.channel_sum(p.placed_x, p.placed_y, p.n) = p.channel_total(p.interior.x, p.interior.y, p.n);
+    // Per phase where only a phase's taps are summed (p.window_taps): phase 0 at stride 1.
+    Var phase("window_phase");
     RDom &window = p.window = RDom({{0, kernel_x}, {0, kernel_y}}, "window");
-    p.correction(p.x, p.y, p.n) = cast<int32_t>(0);
-    p.correction(p.x, p.y, p.n) += p.channel_sum(p.x * p.stride + window.x, p.y * p.stride + window.y, p.n);
-    return offset * p.correction(p.x, p.y, p.n);
+    if (p.window_taps.defined()) window.where(is_phase_tap(p, window.x, window.y, phase));
+    p.correction(p.x, p.y, phase, p.n) = cast<int32_t>(0);
+    p.correction(p.x, p.y, phase, p.n) += p.channel_sum(p.x * p.stride + window.x, p.y * p.stride + window.y, p.n);
+    // Accumulator channel k holds phase k mod 4 at phases 2 (interleave_phases), the one
+    // phase at phases 1: the min keeps the bounds at one phase there.
+    const Expr phase_of_k = p.window_taps.defined() ? min(p.k % 4, p.phases * p.phases - 1) : Expr(0);
+    return offset * p.correction(p.x, p.y, phase_of_k, p.n);
 }
 
 // The correlation all passes reduce to (see schedules/pipelines.h, ConvPipeline), over a
@@ -143,6 +159,7 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
     p.reduction = RDom({{0, g}, {0, kernel_x}, {0, kernel_y}, {0, groups}}, "r");
     p.kernel = kernel_x;
     p.kernel_y = kernel_y;
+    if (p.window_taps.defined()) p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], p.k));
     const RDom &r = p.reduction;
     Expr a = packed_input_at(p, r[0], r[1], p.y * p.stride + r[2], r[3]);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
@@ -171,8 +188,9 @@ inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &ke
                                       const Expr &channels, const Expr &chunk) {
     const Expr groups = (channels + 3) / 4;
     p.reduction = RDom({{0, 2}, {0, kernel_x}, {0, kernel_y}, {0, chunk}}, "r");
-    p.chunks = pair_chunks((groups + chunk - 1) / chunk);
     p.kernel = kernel_x;
+    if (p.window_taps.defined()) p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], p.k));
+    p.chunks = pair_chunks((groups + chunk - 1) / chunk);
     p.kernel_y = kernel_y;
     const RDom &r = p.reduction;
     Var h("h");

@@ -186,6 +186,14 @@ typename Ops::Real round_m1e2_magnitude_stochastic(const typename Ops::Real &a, 
 // row's elements l, l + lanes, ...), the host taking the maximum of the lanes.
 inline constexpr int kRowMaxLanes = 8;
 
+// Backward-data of a stride-2 layer merges the 4 phases' sub-kernels into one 2x2 window
+// (runtime/conv.cpp), in which a phase of a 3x3 layer has 1, 2, 2 or 4 taps. The runtime
+// tells the narrow-sum kernel which slots are taps, per axis: bit 2 phase + slot (slots in
+// the kernel's flipped order), all four bits where every slot is one.
+inline constexpr int kAllWindowTaps = 0b1111;
+// A 3x3 layer with padding 1: phase 0 has the one tap in slot 0, phase 1 both slots.
+inline constexpr int kOddWindowTaps = 0b1101;
+
 // Group exponents (method.md section 2): e_g = min(2^G - 1, floor(log2(S / max|X_g|))), and
 // 2^G - 1 for an all-zero group. Exact: floor(log2) of the quotient is the binary exponent of
 // a double, and S / g in double never rounds up to a power of two for float S and g (their

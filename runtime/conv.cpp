@@ -366,6 +366,9 @@ Buffer<T> strided_view(T *data, const Shape &full, const Shape &out_shape, int s
 // time), 3 and 4 alternating runs, paired medians: 16->32 s2 +61-67% integer, +70% float32;
 // 32->64 s2 +18-34%, +5-12%. (Merging only the column phases, one call per row phase, gave
 // +7-9%: its row phases' short windows cost more than the merged kernel's zero taps.)
+// Session 24: the kernels with lanes along x are told which slots of a 2x2 window are each
+// phase's taps (window_taps), and skip the others: 9 of a 3x3 layer's 16 (phase, slot)
+// products, where they multiplied 7 zeros (docs/PERFORMANCE.md).
 
 // Taps of one phase along one axis: it reads E(X + first - t) through W(k0 + s t), t < taps.
 struct PhaseTaps {
@@ -401,6 +404,7 @@ struct MergedPhases {
     std::vector<T> weights;
     Shape shape;
     int pad = 0;
+    int window_taps = kAllWindowTaps;  // which slots of a 2x2 window are each phase's taps
 };
 
 template <class T>
@@ -416,6 +420,13 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
     merged.weights.assign(size_t(shape_numel(merged.shape)), T(0));
     // Tap t of a phase reads E(X + first_phase - t): window position window.first - that.
     auto at = [&](const PhaseTaps &taps, int64_t t) { return window.first - (taps.first - t); };
+    // The kernels read the window flipped (slot width - 1 - position; generators/format.h).
+    if (s == 2 && width == 2) {
+        merged.window_taps = 0;
+        for (int64_t phase = 0; phase < s; phase++)
+            for (int64_t t = 0; t < axis[size_t(phase)].taps; t++)
+                merged.window_taps |= 1 << (2 * phase + (width - 1 - at(axis[size_t(phase)], t)));
+    }
     for (int64_t o = 0; o < O; o++)
         for (int64_t c = 0; c < C; c++)
             for (int64_t py = 0; py < s; py++)
@@ -432,7 +443,7 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
 }
 
 // Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, phases,
-// pad_x, pad_y, output, accumulate)`, writing it, or adding to what is there (`accumulate`;
+// pad_x, pad_y, window_taps, output, accumulate)`, writing it, or adding to what is there (`accumulate`;
 // the kernels read `output` as their addend): one call, on the merged phases at stride 2. A
 // 1x1 strided layer reaches only the pixels (s Y, s X): one call storing into a strided view
 // of those, after zeros unless it accumulates (pair and float32 kernels only; merged phases
@@ -442,19 +453,19 @@ template <class T, class Pass>
 void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out,
                              bool accumulate, Pass pass) {
     if (g.stride == 1) {
-        pass(weights, w_shape, 1, g.pad, g.pad, nchw(out.data(), out.shape()), accumulate);
+        pass(weights, w_shape, 1, g.pad, g.pad, kAllWindowTaps, nchw(out.data(), out.shape()), accumulate);
         return;
     }
     if (strided_pointwise(w_shape, g)) {
         const Shape &f = out.shape();
         const Shape reached = {f[0], f[1], (f[2] - 1) / g.stride + 1, (f[3] - 1) / g.stride + 1};
         if (!accumulate) std::fill(out.data(), out.data() + out.numel(), 0.0f);
-        pass(weights, w_shape, 1, 0, 0, strided_view(out.data(), f, reached, g.stride), accumulate);
+        pass(weights, w_shape, 1, 0, 0, kAllWindowTaps, strided_view(out.data(), f, reached, g.stride), accumulate);
         return;
     }
     const MergedPhases<T> merged = merge_phases(weights, w_shape, g);
-    pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, nchw(out.data(), out.shape()),
-         accumulate);
+    pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, merged.window_taps,
+         nchw(out.data(), out.shape()), accumulate);
 }
 
 // backward-data adds into `into` in place: it must be one dense block.
@@ -476,16 +487,16 @@ void backward_data_float(const Tensor &errors, const Tensor &weights, const Conv
                          bool accumulate) {
     const Tensor e = errors.contiguous(), w = weights.contiguous();
     auto eb = nchw(e.data(), e.shape());
-    backward_data_by_phases(
-        w.data(), w.shape(), g, out, accumulate,
-        [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
-            const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
-            const int64_t lanes = channel_lane_tile(vnni, ws[1], ws[2] * ws[3]);
-            auto &kernel = lanes == 64   ? kernels::conv_backward_data_float_channels_64
-                           : lanes == 32 ? kernels::conv_backward_data_float_channels_32
-                                         : kernels::conv_backward_data_float;
-            kernel(eb, nchw(wd, ws), phases, pad_x, pad_y, o, add, o);
-        });
+    backward_data_by_phases(w.data(), w.shape(), g, out, accumulate,
+                            [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, int window_taps,
+                                Buffer<float> o, bool add) {
+                                const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
+                                const int64_t lanes = channel_lane_tile(vnni, ws[1], ws[2] * ws[3]);
+                                auto &kernel = lanes == 64   ? kernels::conv_backward_data_float_channels_64
+                                               : lanes == 32 ? kernels::conv_backward_data_float_channels_32
+                                                             : kernels::conv_backward_data_float;
+                                kernel(eb, nchw(wd, ws), phases, pad_x, pad_y, window_taps, o, add, o);
+                            });
 }
 
 }  // namespace
@@ -672,7 +683,8 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
             if (!four_term) offset = offset_weights(w.values, weights.shape, shifts, O * K * K, errors.format.qmax());
             backward_data_by_phases(
                 w.values, weights.shape, g, piece_out, piece_accumulate,
-                [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, Buffer<float> o, bool add) {
+                [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, int window_taps,
+                    Buffer<float> o, bool add) {
                     // A 1x1 window (1x1 layers) has too few products per position to repay
                     // the offset's correction (measured: 10-15% slower).
                     const int64_t taps = ws[2] * ws[3];
@@ -681,19 +693,19 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
                     const int64_t lanes = channel_lane_tile(four_term, ws[1], taps);
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
-                                                           phases, pad_x, pad_y, chunk, o, add, o);
+                                                           phases, pad_x, pad_y, chunk, window_taps, o, add, o);
                     } else if (lanes == 64) {
                         kernels::conv_backward_data_channels_64(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
-                                                                pad_y, o, add, o);
+                                                                pad_y, window_taps, o, add, o);
                     } else if (lanes == 32) {
                         kernels::conv_backward_data_channels_32(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
-                                                                pad_y, o, add, o);
+                                                                pad_y, window_taps, o, add, o);
                     } else if (wide_tile(four_term, g.stride, input_shape[3], kWideBackwardDataWidth)) {
                         kernels::conv_backward_data_wide(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y,
-                                                         o, add, o);
+                                                         window_taps, o, add, o);
                     } else {
-                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y, o,
-                                                    add, o);
+                        kernels::conv_backward_data(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x, pad_y,
+                                                    window_taps, o, add, o);
                     }
                 });
         });

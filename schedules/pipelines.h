@@ -122,6 +122,11 @@ struct ConvPipeline {
     // undefined for the other passes. With stride, kernel and kernel_y, what the schedules
     // specialize on.
     Halide::Expr phases;
+    // backward-data at phases 2: which taps of the merged 2x2 window each phase has (bit
+    // 2 phase + slot, per axis, in the kernel's flipped slots; kAllWindowTaps where every slot
+    // is a tap or the window is not 2x2), so that the narrow sums skip the zero taps; undefined
+    // for the other passes and kernels.
+    Halide::Expr window_taps;
     // backward-data's pair and float32 kernels: the output's x stride, which may be > 1 at
     // phases 1 (a view of the pixels a 1x1 strided layer reaches); undefined where the
     // output is always dense.

@@ -404,6 +404,10 @@ void schedule_conv(ConvPipeline p, const ConvParams &params, const Target &targe
             Stage window = update.specialize(p.kernel == wx).specialize(p.kernel_y == wy);
             if (window_unroll >= 1) window.unroll(r[1]);
             if (window_unroll >= 2) window.unroll(r[2]);
+            // A 3x3 stride-2 layer's merged 2x2 window, 7 of whose 16 (phase, slot) products
+            // are zero taps: with the window and the channel tile unrolled, each product's
+            // is_phase_tap is a constant, and the zero taps' are not emitted.
+            if (wx == 2 && p.window_taps.defined()) window.specialize(p.window_taps == kOddWindowTaps).unroll(r[2]);
         }
     } else {
         for (int stride : {1, 2}) {

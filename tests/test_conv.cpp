@@ -777,9 +777,9 @@ TEST(IntegerConv, FourTermDotProductsMatchPairs) {
                 Tensor d4 = Tensor::uninitialized(a_shape), d2 = Tensor::uninitialized(a_shape);
                 Buffer<float> d4b = nchw(d4.data(), a_shape), d2b = nchw(d2.data(), a_shape);
                 kernels::conv_backward_data_dot4(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
-                                                 stride, int(K / 2), int(K / 2), d4b, false, d4b);
+                                                 stride, int(K / 2), int(K / 2), kAllWindowTaps, d4b, false, d4b);
                 kernels::conv_backward_data(nchw(e.data(), y_shape), nchw(wd.data(), wd_shape), s2b, scb, shifts,
-                                            stride, int(K / 2), int(K / 2), d2b, false, d2b);
+                                            stride, int(K / 2), int(K / 2), kAllWindowTaps, d2b, false, d2b);
                 EXPECT_EQ(0, std::memcmp(d4.data(), d2.data(), size_t(d4.numel()) * sizeof(float))) << "backward-data";
             }
         }
@@ -918,7 +918,7 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
         Tensor pairs = Tensor::uninitialized(d_shape);
         Buffer<float> pairs_buffer = nchw(pairs.data(), d_shape);
         kernels::conv_backward_data(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts, 1, pad_x, pad_y,
-                                    pairs_buffer, false, pairs_buffer);
+                                    kAllWindowTaps, pairs_buffer, false, pairs_buffer);
         // Smallest offset 28 (-7 << 2); products up to 56 x 8: 2 * 9 * 448 per group, 4 groups
         // within 32767 at 3x3 (chunk 5 and 8 only on the smaller windows).
         for (int offset : {28, 40}) {
@@ -929,11 +929,73 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
                 Tensor narrow = Tensor::uninitialized(d_shape);
                 Buffer<float> narrow_buffer = nchw(narrow.data(), d_shape);
                 kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts,
-                                                   offset, 1, pad_x, pad_y, chunk, narrow_buffer, false, narrow_buffer);
+                                                   offset, 1, pad_x, pad_y, chunk, kAllWindowTaps, narrow_buffer, false,
+                                                   narrow_buffer);
                 EXPECT_EQ(0, std::memcmp(narrow.data(), pairs.data(), size_t(narrow.numel()) * sizeof(float)));
             }
         }
     }
+}
+
+// A stride-2 layer's merged 2x2 window (runtime/conv.cpp) holds 7 zero taps among its 16
+// (phase, slot) products for a 3x3 kernel with padding 1; the kernels told so
+// (kOddWindowTaps) skip them, the narrow sums' products and offset correction alike. Against
+// the int16-pair kernel on the same merged weights with every slot a tap: identical outputs,
+// also when the skipped slots hold nonzero weights (which then do not count).
+TEST(IntegerConv, NarrowBackwardDataSkipsThePhasesZeroTaps) {
+    std::mt19937 rng(81);
+    const int64_t O = 11, C = 3, M = 4 * C;  // merged channels 2 (2 c + py) + px
+    const Shape e_shape = {2, O, 7, 9}, w_shape = {O, M, 2, 2}, d_shape = {2, C, 14, 18};
+    auto tap = [](int taps, int64_t phase, int64_t slot) { return (taps >> (2 * phase + slot)) & 1; };
+    std::vector<int8_t> e(size_t(shape_numel(e_shape))), w(size_t(shape_numel(w_shape))), zeroed;
+    for (auto &v : e) v = int8_t(int(rng() % 17) - 8);
+    for (auto &v : w) v = int8_t(int(rng() % 15) - 7);
+    zeroed = w;  // the same weights, zero where kOddWindowTaps has no tap
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t ky = 0; ky < 2; ky++)
+                for (int64_t kx = 0; kx < 2; kx++) {
+                    // The kernels read the window flipped: slot 1 - k of weight tap k.
+                    const bool is_tap = tap(kOddWindowTaps, m % 2, 1 - kx) && tap(kOddWindowTaps, (m / 2) % 2, 1 - ky);
+                    if (!is_tap) zeroed[size_t(((o * M + m) * 2 + ky) * 2 + kx)] = 0;
+                }
+    std::vector<uint8_t> shift(size_t(O), 0);
+    std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
+    Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
+    Buffer<const uint8_t> shifts(shift.data(), int(O));
+    auto run_pairs = [&](const std::vector<int8_t> &weights, int taps) {
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data(nchw(e.data(), e_shape), nchw(weights.data(), w_shape), s2b, scb, shifts, 2, 1, 1,
+                                    taps, db, false, db);
+        return d;
+    };
+    auto run_narrow = [&](const std::vector<int8_t> &weights, int taps) {
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(weights.data(), w_shape), s2b, scb, shifts, 7,
+                                           2, 1, 1, 3, taps, db, false, db);
+        return d;
+    };
+    auto same = [](const Tensor &a, const Tensor &b) {
+        return std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0;
+    };
+    const Tensor expected = run_pairs(zeroed, kAllWindowTaps);
+    EXPECT_TRUE(same(run_narrow(zeroed, kOddWindowTaps), expected));
+    EXPECT_TRUE(same(run_narrow(w, kOddWindowTaps), expected));
+    EXPECT_TRUE(same(run_narrow(zeroed, kAllWindowTaps), expected));
+    EXPECT_TRUE(same(run_pairs(w, kOddWindowTaps), expected));  // the pairs skip them too
+    {  // and the 4-term kernel (VNNI's; its offset +128 has a correction of its own)
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data_dot4(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts, 2, 1, 1,
+                                         kOddWindowTaps, db, false, db);
+        EXPECT_TRUE(same(d, expected));
+    }
+    // And the skipped slots were real work: with them, the weights give other results.
+    const Tensor unskipped = run_pairs(w, kAllWindowTaps);
+    EXPECT_FALSE(same(unskipped, expected));
+    EXPECT_TRUE(same(run_narrow(w, kAllWindowTaps), unskipped));
 }
 
 // Backward-data's narrow sums are compiled for AVX2 and baseline only (VNNI runs the 4-term
@@ -953,7 +1015,8 @@ TEST(IntegerConv, ForcedVariantFallsBackToTheBestBelowIt) {
         Buffer<float> db = nchw(d.data(), d_shape);
         kernels::conv_backward_data_narrow(nchw(e.data(), e_shape), nchw(w.data(), w_shape),
                                            Buffer<const double>(s2.data(), 2), Buffer<const double>(s3.data(), 3),
-                                           Buffer<const uint8_t>(shift.data(), 8), 7, 1, 1, 1, 1, db, false, db);
+                                           Buffer<const uint8_t>(shift.data(), 8), 7, 1, 1, 1, 1, kAllWindowTaps, db,
+                                           false, db);
         EXPECT_EQ(kernels::conv_backward_data_narrow.last_isa(), isa == Isa::baseline ? Isa::baseline : Isa::avx2)
             << to_string(isa);
         results.emplace_back(d.data(), d.data() + d.numel());

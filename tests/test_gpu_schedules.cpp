@@ -166,13 +166,14 @@ TEST_F(GpuSchedules, IntegerConvolutionsMatchCpu) {
             const QuantizedTensor wd = quantize(random_tensor(wd_shape, 8), parse_format("m3e0/g3/channel"),
                                                 Rounding::nearest, 0, 0, 0, TensorRole::weight);
             Buffer<const int8_t> wdb = nchw(wd.values.data(), wd_shape);
-            ASSERT_EQ(conv_backward_data_opencl(eb, wdb, host<const double>(s3.data(), {3}),
-                                                host<const double>(s5.data(), {5}),
-                                                host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, db, false, db),
+            ASSERT_EQ(conv_backward_data_opencl(
+                          eb, wdb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
+                          host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, kAllWindowTaps, db, false, db),
                       0);
             finish(db);
             kernels::conv_backward_data(eb, wdb, host<const double>(s3.data(), {3}), host<const double>(s5.data(), {5}),
-                                        host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, cb, false, cb);
+                                        host<const uint8_t>(shifts.data(), {4}), stride, 1, 1, kAllWindowTaps, cb,
+                                        false, cb);
             EXPECT_EQ(std::vector<float>(d.data(), d.data() + d.numel()),
                       std::vector<float>(cpu.data(), cpu.data() + cpu.numel()))
                 << "backward-data, stride " << stride;
@@ -212,13 +213,15 @@ TEST_F(GpuSchedules, FloatConvolutionsMatchCpu) {
     Buffer<float> yb = nchw(y.data(), y_shape), dab = nchw(da.data(), a_shape), dwb = nchw(dw.data(), w_shape);
     Buffer<const float> ab = nchw(a.data(), a_shape), wb = nchw(w.data(), w_shape), eb = nchw(e.data(), y_shape);
     ASSERT_EQ(conv_forward_float_opencl(ab, wb, 2, 1, yb), 0);
-    ASSERT_EQ(conv_backward_data_float_opencl(eb, nchw(wd.data(), wd_shape), 2, 1, 1, dab, false, dab), 0);
+    ASSERT_EQ(conv_backward_data_float_opencl(eb, nchw(wd.data(), wd_shape), 2, 1, 1, kAllWindowTaps, dab, false, dab),
+              0);
     ASSERT_EQ(conv_backward_weight_float_opencl(eb, ab, 2, 1, dwb), 0);
     finish(yb);
     finish(dab);
     finish(dwb);
     Buffer<float> da_cpu_buffer = nchw(da_cpu.data(), a_shape);
-    kernels::conv_backward_data_float(eb, nchw(wd.data(), wd_shape), 2, 1, 1, da_cpu_buffer, false, da_cpu_buffer);
+    kernels::conv_backward_data_float(eb, nchw(wd.data(), wd_shape), 2, 1, 1, kAllWindowTaps, da_cpu_buffer, false,
+                                      da_cpu_buffer);
     expect_near(y, conv_forward(a, w, g), "forward");
     expect_near(da, da_cpu, "backward-data");
     expect_near(dw, conv_backward_weight(e, a, 3, g), "backward-weight");
