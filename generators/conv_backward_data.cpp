@@ -68,10 +68,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         const int g = p.group = dot_width(get_target(), dot);
-        // Lanes along x skip the zero taps of a stride-2 layer's merged window (as the narrow
-        // sums do); lanes along channels hold all four phases of a tap in one vector.
-        p.phases = phases;
-        if (!channel_lanes) p.window_taps = window_taps;
+        set_phase_taps(p, phases, window_taps, !channel_lanes);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Func e = channel_bounded(errors, errors.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
@@ -132,9 +129,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         p.group = 4;
-        // Set first: the narrow sums and the correction skip the zero taps of the phases.
-        p.phases = phases;
-        p.window_taps = window_taps;
+        set_phase_taps(p, phases, window_taps, true);  // narrow sums: lanes along x only
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr channels = errors.dim(2).extent();
         Func e = channel_bounded(errors, channels, cast<int8_t>(0));
@@ -184,10 +179,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o = p.channel_group;
         p.group = 1;
-        // Lanes along x skip the zero taps of a stride-2 layer's merged window, as the
-        // narrow sums do; lanes along channels hold all four phases of a tap in one vector.
-        p.phases = phases;
-        if (!channel_lanes) p.window_taps = window_taps;
+        set_phase_taps(p, phases, window_taps, !channel_lanes);
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });

@@ -111,6 +111,15 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
     return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + kWeightOffset4) : cast<int16_t>(value);
 }
 
+// Backward-data records its phases and, where the kernel's lanes run along x, the merged
+// window's taps (is_phase_tap): lanes along channels hold all four phases of a tap in one
+// vector, so they keep every slot. Call first: the correlation and the correction read both.
+inline void set_phase_taps(schedules::ConvPipeline &p, const Expr &phases, const Expr &window_taps,
+                           bool lanes_along_x) {
+    p.phases = phases;
+    if (lanes_along_x) p.window_taps = window_taps;
+}
+
 // Whether slot (kx, ky) of backward-data's merged window is a tap of the phase that
 // accumulator channel k holds (p.window_taps, see kAllWindowTaps; channel s (s c + py) + px
 // at s = 2). The schedules specialize on the odd 3x3 pattern, where with the channel tile

@@ -188,8 +188,8 @@ inline constexpr int kRowMaxLanes = 8;
 
 // Backward-data of a stride-2 layer merges the 4 phases' sub-kernels into one 2x2 window
 // (runtime/conv.cpp), in which a phase of a 3x3 layer has 1, 2, 2 or 4 taps. The runtime
-// tells the narrow-sum kernel which slots are taps, per axis: bit 2 phase + slot (slots in
-// the kernel's flipped order), all four bits where every slot is one.
+// tells the backward-data kernels which slots are taps, per axis: bit 2 phase + slot (slots
+// in the kernel's flipped order), all four bits where every slot is one.
 inline constexpr int kAllWindowTaps = 0b1111;
 // A 3x3 layer with padding 1: phase 0 has the one tap in slot 0, phase 1 both slots.
 inline constexpr int kOddWindowTaps = 0b1101;
