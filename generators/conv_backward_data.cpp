@@ -68,7 +68,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         const int g = p.group = dot_width(get_target(), dot);
-        set_phase_taps(p, phases, window_taps, !channel_lanes);
+        set_phase_taps(p, phases, window_taps, merged_phase_block(channel_lanes, vector_width));
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Func e = channel_bounded(errors, errors.dim(2).extent(), cast<int8_t>(0));
         Func w = BoundaryConditions::constant_exterior(weights, cast<int8_t>(0));
@@ -129,7 +129,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, group = p.channel_group;
         p.group = 4;
-        set_phase_taps(p, phases, window_taps, true);  // narrow sums: lanes along x only
+        set_phase_taps(p, phases, window_taps, 1);  // narrow sums: lanes along x only
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         Expr channels = errors.dim(2).extent();
         Func e = channel_bounded(errors, channels, cast<int8_t>(0));
@@ -179,7 +179,7 @@ public:
     void generate() {
         Var j = p.j, x = p.x, y = p.y, k = p.k, n = p.n, o = p.channel_group;
         p.group = 1;
-        set_phase_taps(p, phases, window_taps, !channel_lanes);
+        set_phase_taps(p, phases, window_taps, merged_phase_block(channel_lanes, vector_width));
         Expr kernel_x = weights.dim(0).extent(), kernel_y = weights.dim(1).extent();
         define_padded_input(p, errors.dim(0).extent(), errors.dim(1).extent(), kernel_x - 1 - pad_x,
                             kernel_y - 1 - pad_y, 1, [&](Expr ix, Expr iy) { return errors(ix, iy, o, n); });

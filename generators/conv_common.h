@@ -3,6 +3,7 @@
 // first: activations (x, y, c, n), weights (kx, ky, c, o).
 #pragma once
 
+#include <stdexcept>
 #include "../schedules/cuda.h"
 #include "../schedules/pipelines.h"
 #include "../schedules/x86.h"
@@ -67,12 +68,19 @@ inline Expr packed_input_at(schedules::ConvPipeline &p, const Expr &j, const Exp
 // for output channel s (s k + py) + px, the runtime passing the phases' sub-kernels merged
 // into one kernel of s s C channels (runtime/conv.cpp). The column phases' stores then
 // interleave into dense vectors, where a call per phase stored each phase's pixels one by one.
+// The merged channels come in blocks of p.phase_block channels of one phase (1: channel
+// s (s k + py) + px; B: channel s s B (k / B) + B (s py + px) + k mod B, see set_phase_taps).
 // Returns `sum` (an expression in p's x, y, k, n) read at that place for output (x, y, k, n).
 inline Expr interleave_phases(schedules::ConvPipeline &p, const Expr &sum, const Expr &phases) {
     Func phase_sum("phase_sum");
     phase_sum(p.x, p.y, p.k, p.n) = sum;
     p.phases = phases;
-    return phase_sum(p.x / phases, p.y / phases, phases * (phases * p.k + p.y % phases) + p.x % phases, p.n);
+    const int b = p.phase_block;
+    const Expr phase = phases * (p.y % phases) + p.x % phases;
+    // s s b (k / b) + b phase + k mod b, written so that at phases 1 its bounds are k's.
+    const Expr merged =
+        b == 1 ? phases * phases * p.k + phase : p.k + (phases * phases - 1) * b * (p.k / b) + b * phase;
+    return phase_sum(p.x / phases, p.y / phases, merged, p.n);
 }
 
 // Backward-data's output: `value`, or with `accumulate` value + addend(x, y, k, n), the
@@ -111,22 +119,40 @@ inline Expr pack_integer_weight(const Expr &value, int group) {
     return group == 4 ? cast<uint8_t>(cast<int16_t>(value) + kWeightOffset4) : cast<int16_t>(value);
 }
 
-// Backward-data records its phases and, where the kernel's lanes run along x, the merged
-// window's taps (is_phase_tap): lanes along channels hold all four phases of a tap in one
-// vector, so they keep every slot. Call first: the correlation and the correction read both.
-inline void set_phase_taps(schedules::ConvPipeline &p, const Expr &phases, const Expr &window_taps,
-                           bool lanes_along_x) {
+// Backward-data records its phases, the merged window's taps (is_phase_tap) and how its
+// merged channels are laid out: `phase_block` channels of one phase side by side (1 for lanes
+// along x, where the unrolled channel tile takes the phases in turn; the vector width for
+// lanes along channels, so that each vector is one phase's). Call first: the correlation,
+// the correction and interleave_phases read them.
+inline void set_phase_taps(schedules::ConvPipeline &p, const Expr &phases, const Expr &window_taps, int phase_block) {
     p.phases = phases;
-    if (lanes_along_x) p.window_taps = window_taps;
+    p.window_taps = window_taps;
+    p.phase_block = phase_block;
 }
 
-// Whether slot (kx, ky) of backward-data's merged window is a tap of the phase that
-// accumulator channel k holds (p.window_taps, see kAllWindowTaps; channel s (s c + py) + px
-// at s = 2). The schedules specialize on the odd 3x3 pattern, where with the channel tile
-// unrolled each product's test is a constant: the zero taps' products are not emitted.
-inline Expr is_phase_tap(const schedules::ConvPipeline &p, const Expr &kx, const Expr &ky, const Expr &k) {
-    auto tap = [&](const Expr &phase, const Expr &slot) { return ((p.window_taps >> (2 * phase + slot)) & 1) == 1; };
-    return p.kernel != 2 || p.window_taps == kAllWindowTaps || (tap(k % 2, kx) && tap((k / 2) % 2, ky));
+// A backward-data kernel's phase_block: the vector width where lanes run along channels
+// (their schedules name it: tuned/*_channels_*.params), 1 where they run along x.
+inline int merged_phase_block(bool channel_lanes, int vector_width) {
+    if (!channel_lanes) return 1;
+    if (vector_width <= 0) throw std::invalid_argument("lanes along channels need an explicit vector_width");
+    return vector_width;
+}
+
+// The phase (2 py + px at phases 2) that accumulator channel k holds (see interleave_phases).
+inline Expr phase_of_channel(const schedules::ConvPipeline &p, const Expr &k) {
+    return p.phase_block == 1 ? k % 4 : (k / p.phase_block) % 4;
+}
+
+// Whether slot (kx, ky) of backward-data's merged window is a tap of `phase`
+// (p.window_taps, see kAllWindowTaps). The schedules specialize on the odd 3x3 pattern, where
+// with the window and the channel tile unrolled each product's test is a constant (the channel
+// tile's phases: one per unrolled channel, or one per vector of channels): the zero taps'
+// products are not emitted.
+inline Expr is_phase_tap(const schedules::ConvPipeline &p, const Expr &kx, const Expr &ky, const Expr &phase) {
+    auto tap = [&](const Expr &axis_phase, const Expr &slot) {
+        return ((p.window_taps >> (2 * axis_phase + slot)) & 1) == 1;
+    };
+    return p.kernel != 2 || p.window_taps == kAllWindowTaps || (tap(phase % 2, kx) && tap((phase / 2) % 2, ky));
 }
 
 // Weights offset by `offset` to make them unsigned add offset x (the window sum of the inputs
@@ -148,9 +174,9 @@ inline Expr define_offset_correction(schedules::ConvPipeline &p, const Func &sou
     if (p.window_taps.defined()) window.where(is_phase_tap(p, window.x, window.y, phase));
     p.correction(p.x, p.y, phase, p.n) = cast<int32_t>(0);
     p.correction(p.x, p.y, phase, p.n) += p.channel_sum(p.x * p.stride + window.x, p.y * p.stride + window.y, p.n);
-    // Accumulator channel k holds phase k mod 4 at phases 2 (interleave_phases), the one
+    // Accumulator channel k holds phase_of_channel at phases 2 (interleave_phases), the one
     // phase at phases 1: the min keeps the bounds at one phase there.
-    const Expr phase_of_k = p.window_taps.defined() ? min(p.k % 4, p.phases * p.phases - 1) : Expr(0);
+    const Expr phase_of_k = p.window_taps.defined() ? min(phase_of_channel(p, p.k), p.phases * p.phases - 1) : Expr(0);
     return offset * p.correction(p.x, p.y, phase_of_k, p.n);
 }
 
@@ -168,7 +194,8 @@ inline Expr define_correlation(schedules::ConvPipeline &p, const Expr &kernel_x,
     p.reduction = RDom({{0, g}, {0, kernel_x}, {0, kernel_y}, {0, groups}}, "r");
     p.kernel = kernel_x;
     p.kernel_y = kernel_y;
-    if (p.window_taps.defined()) p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], p.k));
+    if (p.window_taps.defined())
+        p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], phase_of_channel(p, p.k)));
     const RDom &r = p.reduction;
     Expr a = packed_input_at(p, r[0], r[1], p.y * p.stride + r[2], r[3]);
     Expr b = p.packed_weights(r[0], r[1], r[2], r[3], p.k);
@@ -198,7 +225,8 @@ inline Expr define_narrow_correlation(schedules::ConvPipeline &p, const Expr &ke
     const Expr groups = (channels + 3) / 4;
     p.reduction = RDom({{0, 2}, {0, kernel_x}, {0, kernel_y}, {0, chunk}}, "r");
     p.kernel = kernel_x;
-    if (p.window_taps.defined()) p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], p.k));
+    if (p.window_taps.defined())
+        p.reduction.where(is_phase_tap(p, p.reduction[1], p.reduction[2], phase_of_channel(p, p.k)));
     p.chunks = pair_chunks((groups + chunk - 1) / chunk);
     p.kernel_y = kernel_y;
     const RDom &r = p.reduction;

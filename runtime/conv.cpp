@@ -343,6 +343,23 @@ Tensor sum_over_pieces(const std::vector<Piece> &a, const std::vector<Piece> &b,
 // of the pixels it reaches: backward_data_by_phases.)
 bool strided_pointwise(const Shape &weights, const ConvGeometry &g) { return weights[2] == 1 && g.stride > 1; }
 
+// Backward-data's channel-lane tile (channel_lane_tile over its output channels, a stride-2
+// layer's merged phases counted; 0: lanes along x) and the merged channels' phase block that
+// tile needs: each vector one phase's channels, so that it skips the phase's zero taps as the
+// position lanes do (merge_phases). Where the layer's channels are not whole vectors the
+// merged phases keep lanes along x.
+constexpr int64_t kChannelLaneVector = 16;  // tuned/conv_backward_data*_channels_*.params
+struct DataLanes {
+    int64_t lanes = 0, phase_block = 1;
+};
+DataLanes backward_data_lanes(bool vnni, const Shape &w_shape, const ConvGeometry &g) {
+    const int64_t C = w_shape[1], taps = w_shape[2] * w_shape[3];
+    if (g.stride == 1 || strided_pointwise(w_shape, g)) return {channel_lane_tile(vnni, C, taps), 1};
+    if (C % kChannelLaneVector != 0) return {};
+    const int64_t lanes = channel_lane_tile(vnni, g.stride * g.stride * C, taps);
+    return {lanes, lanes > 0 ? kChannelLaneVector : 1};
+}
+
 // (N, C, H, W) -> the view (N, C, OH, OW) of the pixels (y s, x s): a kernel's input (T const),
 // or the output of a 1x1 strided layer's backward-data.
 template <class T>
@@ -368,7 +385,9 @@ Buffer<T> strided_view(T *data, const Shape &full, const Shape &out_shape, int s
 // +7-9%: its row phases' short windows cost more than the merged kernel's zero taps.)
 // Session 24: the kernels with lanes along x are told which slots of a 2x2 window are each
 // phase's taps (window_taps), and skip the others: 9 of a 3x3 layer's 16 (phase, slot)
-// products, where they multiplied 7 zeros (docs/PERFORMANCE.md).
+// products, where they multiplied 7 zeros (docs/PERFORMANCE.md). Session 25: the kernels with
+// lanes along channels too, their merged channels laid out in vectors of one phase
+// (backward_data_lanes).
 
 // Taps of one phase along one axis: it reads E(X + first - t) through W(k0 + s t), t < taps.
 struct PhaseTaps {
@@ -397,8 +416,9 @@ MergedWindow merged_window(const std::vector<PhaseTaps> &phases) {
 }
 
 // The s x s phases' sub-kernels merged into one kernel (O, s s C, width, width) over the window
-// of E they all read: output channel s (s c + py) + px holds phase (px, py) of channel c, zeros
-// where a phase has fewer taps.
+// of E they all read: output channel s (s c + py) + px holds phase (px, py) of channel c (in
+// blocks of `block` channels of one phase: channel s s block (c / block) + block (s py + px) +
+// c mod block, C a multiple of block), zeros where a phase has fewer taps.
 template <class T>
 struct MergedPhases {
     std::vector<T> weights;
@@ -408,7 +428,7 @@ struct MergedPhases {
 };
 
 template <class T>
-MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometry &g) {
+MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometry &g, int64_t block) {
     const int64_t O = w_shape[0], C = w_shape[1], K = w_shape[2], s = g.stride;
     std::vector<PhaseTaps> axis;
     for (int64_t phase = 0; phase < s; phase++) axis.push_back(phase_taps(phase, K, g));
@@ -432,7 +452,8 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
             for (int64_t py = 0; py < s; py++)
                 for (int64_t px = 0; px < s; px++) {
                     const PhaseTaps &rows = axis[size_t(py)], &columns = axis[size_t(px)];
-                    T *kernel = merged.weights.data() + ((o * s * s * C + s * (s * c + py) + px) * width * width);
+                    const int64_t channel = s * s * block * (c / block) + block * (s * py + px) + c % block;
+                    T *kernel = merged.weights.data() + ((o * s * s * C + channel) * width * width);
                     for (int64_t ty = 0; ty < rows.taps; ty++)
                         for (int64_t tx = 0; tx < columns.taps; tx++) {
                             const int64_t ky = rows.k0 + s * ty, kx = columns.k0 + s * tx;
@@ -444,14 +465,15 @@ MergedPhases<T> merge_phases(const T *w, const Shape &w_shape, const ConvGeometr
 
 // Runs backward-data into `out` (N, C, H, W) through `pass(weights, weights_shape, phases,
 // pad_x, pad_y, window_taps, output, accumulate)`, writing it, or adding to what is there (`accumulate`;
-// the kernels read `output` as their addend): one call, on the merged phases at stride 2. A
+// the kernels read `output` as their addend): one call, on the merged phases at stride 2 (in
+// blocks of `phase_block` channels, the kernel's; see merge_phases). A
 // 1x1 strided layer reaches only the pixels (s Y, s X): one call storing into a strided view
 // of those, after zeros unless it accumulates (pair and float32 kernels only; merged phases
 // would multiply three phases' zero weights, and a dense call spread out after was 1.3-1.4x
 // slower, session 8).
 template <class T, class Pass>
 void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvGeometry &g, Tensor &out,
-                             bool accumulate, Pass pass) {
+                             bool accumulate, int64_t phase_block, Pass pass) {
     if (g.stride == 1) {
         pass(weights, w_shape, 1, g.pad, g.pad, kAllWindowTaps, nchw(out.data(), out.shape()), accumulate);
         return;
@@ -463,7 +485,7 @@ void backward_data_by_phases(const T *weights, const Shape &w_shape, const ConvG
         pass(weights, w_shape, 1, 0, 0, kAllWindowTaps, strided_view(out.data(), f, reached, g.stride), accumulate);
         return;
     }
-    const MergedPhases<T> merged = merge_phases(weights, w_shape, g);
+    const MergedPhases<T> merged = merge_phases(weights, w_shape, g, phase_block);
     pass(merged.weights.data(), merged.shape, int(g.stride), merged.pad, merged.pad, merged.window_taps,
          nchw(out.data(), out.shape()), accumulate);
 }
@@ -487,16 +509,15 @@ void backward_data_float(const Tensor &errors, const Tensor &weights, const Conv
                          bool accumulate) {
     const Tensor e = errors.contiguous(), w = weights.contiguous();
     auto eb = nchw(e.data(), e.shape());
-    backward_data_by_phases(w.data(), w.shape(), g, out, accumulate,
-                            [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, int window_taps,
-                                Buffer<float> o, bool add) {
-                                const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
-                                const int64_t lanes = channel_lane_tile(vnni, ws[1], ws[2] * ws[3]);
-                                auto &kernel = lanes == 64   ? kernels::conv_backward_data_float_channels_64
-                                               : lanes == 32 ? kernels::conv_backward_data_float_channels_32
-                                                             : kernels::conv_backward_data_float;
-                                kernel(eb, nchw(wd, ws), phases, pad_x, pad_y, window_taps, o, add, o);
-                            });
+    const bool vnni = kernels::conv_backward_data_float.selected_isa() == Isa::avx512_vnni;
+    const DataLanes lanes = backward_data_lanes(vnni, w.shape(), g);
+    auto &kernel = lanes.lanes == 64   ? kernels::conv_backward_data_float_channels_64
+                   : lanes.lanes == 32 ? kernels::conv_backward_data_float_channels_32
+                                       : kernels::conv_backward_data_float;
+    backward_data_by_phases(
+        w.data(), w.shape(), g, out, accumulate, lanes.phase_block,
+        [&](const float *wd, const Shape &ws, int phases, int pad_x, int pad_y, int window_taps, Buffer<float> o,
+            bool add) { kernel(eb, nchw(wd, ws), phases, pad_x, pad_y, window_taps, o, add, o); });
 }
 
 }  // namespace
@@ -670,6 +691,7 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
         weight_pieces = split(weights, {});
     }
     Buffer<const uint8_t> shift_buffer(shifts.data(), {int(O)});
+    const DataLanes lanes = backward_data_lanes(four_term, weights.shape, g);
     // Narrow sums where the 4-term kernel (VNNI) does not run, the offset weights fit uint8, a
     // chunk of 4 output channels fits int16 (see narrow_chunk) and the window is not 1x1.
     // Output side: sample n of the errors; the weights' output channels are the reduction.
@@ -682,7 +704,7 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
             std::optional<OffsetWeights> offset;
             if (!four_term) offset = offset_weights(w.values, weights.shape, shifts, O * K * K, errors.format.qmax());
             backward_data_by_phases(
-                w.values, weights.shape, g, piece_out, piece_accumulate,
+                w.values, weights.shape, g, piece_out, piece_accumulate, lanes.phase_block,
                 [&](const int8_t *wd, const Shape &ws, int phases, int pad_x, int pad_y, int window_taps,
                     Buffer<float> o, bool add) {
                     // A 1x1 window (1x1 layers) has too few products per position to repay
@@ -690,14 +712,13 @@ void backward_data_integer(const QuantizedTensor &errors, const QuantizedTensor 
                     const int64_t taps = ws[2] * ws[3];
                     const int chunk =
                         offset && taps > 1 ? narrow_chunk(O, taps, errors.format.qmax() * offset->largest) : 0;
-                    const int64_t lanes = channel_lane_tile(four_term, ws[1], taps);
                     if (chunk > 0) {
                         kernels::conv_backward_data_narrow(eb, nchw(wd, ws), seb, swb, shift_buffer, offset->offset,
                                                            phases, pad_x, pad_y, chunk, window_taps, o, add, o);
-                    } else if (lanes == 64) {
+                    } else if (lanes.lanes == 64) {
                         kernels::conv_backward_data_channels_64(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
                                                                 pad_y, window_taps, o, add, o);
-                    } else if (lanes == 32) {
+                    } else if (lanes.lanes == 32) {
                         kernels::conv_backward_data_channels_32(eb, nchw(wd, ws), seb, swb, shift_buffer, phases, pad_x,
                                                                 pad_y, window_taps, o, add, o);
                     } else if (wide_tile(four_term, g.stride, input_shape[3], kWideBackwardDataWidth)) {

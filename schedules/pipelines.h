@@ -124,9 +124,13 @@ struct ConvPipeline {
     Halide::Expr phases;
     // backward-data at phases 2: which taps of the merged 2x2 window each phase has (bit
     // 2 phase + slot, per axis, in the kernel's flipped slots; kAllWindowTaps where every slot
-    // is a tap or the window is not 2x2), so that the kernels with lanes along x skip the zero
-    // taps (conv_common.h set_phase_taps); undefined for the other passes and kernels.
+    // is a tap or the window is not 2x2), so that the kernels skip the zero taps (conv_common.h
+    // is_phase_tap); undefined for the other passes.
     Halide::Expr window_taps;
+    // backward-data at phases 2: how many channels of one phase lie side by side in the
+    // merged channels (1: channel s (s c + py) + px; the kernels with lanes along channels:
+    // their vector width, so that each vector holds one phase; runtime/conv.cpp merge_phases).
+    int phase_block = 1;
     // backward-data's pair and float32 kernels: the output's x stride, which may be > 1 at
     // phases 1 (a view of the pixels a 1x1 strided layer reaches); undefined where the
     // output is always dense.

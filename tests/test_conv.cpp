@@ -293,7 +293,8 @@ TEST(IntegerConv, UnsignedInputsAgainstFloat64Reference) {
 // backward-data results at least 16 wide through conv_backward_data_wide), forward layers of
 // 32 or more output channels and windows over 1x1 the kernels with lanes along output
 // channels (conv_forward_unsigned_channels_32 and _64, either stride; backward-data of 32 or
-// more output channels, a stride-2 layer's 4 phases counted, conv_backward_data_channels_*), and weight
+// more output channels, a stride-2 layer's 4 phases counted where its channels are whole vectors of 16,
+// conv_backward_data_channels_*), and weight
 // gradients of fewer than 32 output channels (all of these) conv_backward_weight_unsigned_16_wide
 // instead of conv_backward_weight_unsigned_16, those of stride 1 and 64 or more conv_backward_weight_unsigned_64 (the
 // others keep conv_backward_weight_unsigned). Forced on and off in turn: each against the float64 reference, and the
@@ -305,11 +306,12 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
         GTEST_SKIP() << "the wide kernels are built for AVX-512 VNNI only";
     uint32_t seed = 500;
     const std::vector<ConvShape> layers = {
-        make_shape(2, 7, 34, 5, 3, 1),  make_shape(1, 9, 33, 19, 1, 1), make_shape(2, 6, 16, 9, 5, 1),
-        make_shape(1, 5, 14, 6, 3, 1),  make_shape(2, 6, 40, 9, 3, 2),  make_shape(2, 7, 9, 37, 3, 1),
-        make_shape(1, 5, 13, 67, 3, 2), make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1),
-        make_shape(2, 9, 13, 11, 3, 2), make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2),
-        make_shape(2, 11, 10, 66, 3, 1)};
+        make_shape(2, 7, 34, 5, 3, 1),   make_shape(1, 9, 33, 19, 1, 1), make_shape(2, 6, 16, 9, 5, 1),
+        make_shape(1, 5, 14, 6, 3, 1),   make_shape(2, 6, 40, 9, 3, 2),  make_shape(2, 7, 9, 37, 3, 1),
+        make_shape(1, 5, 13, 67, 3, 2),  make_shape(1, 6, 33, 64, 5, 1), make_shape(1, 9, 12, 40, 1, 1),
+        make_shape(2, 9, 13, 11, 3, 2),  make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2),
+        make_shape(2, 11, 10, 66, 3, 1), make_shape(1, 16, 9, 7, 3, 2),  make_shape(2, 32, 8, 11, 3, 2),
+        make_shape(1, 16, 11, 5, 5, 2)};
     for (const ConvShape &s : layers) {
         for (const char *a_format : {"um4e0/g3/sample", "um3e0/g3/channel"}) {
             SCOPED_TRACE(std::string(a_format) + " " + shape_name(s));
@@ -359,9 +361,10 @@ TEST(IntegerConv, WideTilesAgreeWithTheMainTiles) {
                 EXPECT_EQ(kernels::conv_forward_unsigned_wide.calls() > forward_before,
                           full_width && !channel_lanes && s.stride == 1 && s.out_w() >= 32)
                     << "forward wide, full width " << full_width;
-                // Backward-data's output channels, a strided layer's phases merged.
+                // Backward-data's output channels, a strided layer's phases merged (in whole
+                // vectors of one phase: 16 channels).
                 const int64_t merged = s.C * s.stride * s.stride;
-                const bool data_lanes = full_width && s.K > 1 && merged >= 32;
+                const bool data_lanes = full_width && s.K > 1 && merged >= 32 && (s.stride == 1 || s.C % 16 == 0);
                 EXPECT_EQ(kernels::conv_backward_data_channels_32.calls() > data_lanes_32_before,
                           data_lanes && merged < 64)
                     << "backward-data, 32 channel lanes, full width " << full_width;
@@ -998,6 +1001,65 @@ TEST(IntegerConv, NarrowBackwardDataSkipsThePhasesZeroTaps) {
     EXPECT_TRUE(same(run_narrow(w, kAllWindowTaps), unskipped));
 }
 
+// The kernels with lanes along channels take a stride-2 layer's merged channels in blocks of
+// 16 of one phase (channel 64 (c / 16) + 16 (2 py + px) + c mod 16, runtime/conv.cpp), so
+// that each vector skips its phase's zero taps too: integer and float32, told kOddWindowTaps,
+// give what they give with every slot a tap on the weights zeroed there, whatever the
+// skipped slots hold.
+TEST(IntegerConv, ChannelLanesSkipThePhasesZeroTaps) {
+    if (kernels::conv_forward_unsigned.selected_isa() != Isa::avx512_vnni)
+        GTEST_SKIP() << "the channel-lane kernels are built for AVX-512 VNNI only";
+    std::mt19937 rng(82);
+    const int64_t O = 9, C = 32, M = 4 * C;
+    const Shape e_shape = {2, O, 5, 7}, w_shape = {O, M, 2, 2}, d_shape = {2, C, 10, 14};
+    auto tap = [](int taps, int64_t phase, int64_t slot) { return (taps >> (2 * phase + slot)) & 1; };
+    std::vector<int8_t> e(size_t(shape_numel(e_shape))), w(size_t(shape_numel(w_shape))), zeroed;
+    for (auto &v : e) v = int8_t(int(rng() % 17) - 8);
+    for (auto &v : w) v = int8_t(int(rng() % 15) - 7);
+    zeroed = w;
+    std::vector<float> wf(w.begin(), w.end()), ef(e.begin(), e.end()), zeroed_f;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t ky = 0; ky < 2; ky++)
+                for (int64_t kx = 0; kx < 2; kx++) {
+                    const int64_t phase = (m / 16) % 4;  // the kernels read the window flipped
+                    if (!(tap(kOddWindowTaps, phase % 2, 1 - kx) && tap(kOddWindowTaps, phase / 2, 1 - ky)))
+                        zeroed[size_t(((o * M + m) * 2 + ky) * 2 + kx)] = 0;
+                }
+    zeroed_f.assign(zeroed.begin(), zeroed.end());
+    std::vector<uint8_t> shift(size_t(O), 0);
+    std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
+    Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
+    Buffer<const uint8_t> shifts(shift.data(), int(O));
+    auto run = [&](const std::vector<int8_t> &weights, int taps) {
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data_channels_64(nchw(e.data(), e_shape), nchw(weights.data(), w_shape), s2b, scb,
+                                                shifts, 2, 1, 1, taps, db, false, db);
+        return d;
+    };
+    auto run_float = [&](const std::vector<float> &weights, int taps) {
+        Tensor d = Tensor::uninitialized(d_shape);
+        Buffer<float> db = nchw(d.data(), d_shape);
+        kernels::conv_backward_data_float_channels_64(nchw(ef.data(), e_shape), nchw(weights.data(), w_shape), 2, 1, 1,
+                                                      taps, db, false, db);
+        return d;
+    };
+    auto same = [](const Tensor &a, const Tensor &b) {
+        return std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0;
+    };
+    const Tensor expected = run(zeroed, kAllWindowTaps);
+    EXPECT_TRUE(same(run(w, kOddWindowTaps), expected));
+    EXPECT_TRUE(same(run(zeroed, kOddWindowTaps), expected));
+    EXPECT_FALSE(same(run(w, kAllWindowTaps), expected));  // the skipped slots were real work
+    const Tensor expected_float = run_float(zeroed_f, kAllWindowTaps);
+    EXPECT_TRUE(same(run_float(wf, kOddWindowTaps), expected_float));
+    EXPECT_FALSE(same(run_float(wf, kAllWindowTaps), expected_float));
+    // The integer sums are small integers: exact in float32, so the two agree up to the scales.
+    for (int64_t i = 0; i < expected.numel(); i++)
+        ASSERT_EQ(expected.data()[i], float(double(expected_float.data()[i]) * 0.5 * 0.25)) << "element " << i;
+}
+
 // Backward-data's narrow sums are compiled for AVX2 and baseline only (VNNI runs the 4-term
 // kernel instead): forcing the AVX-512 variant (`lowbit --isa avx512_vnni`) runs their AVX2
 // one, and forcing a variant they have runs exactly it; the same bits from each.
@@ -1048,7 +1110,8 @@ TEST(FloatConv, AgainstFloat64Reference) {
 
 // On full-width AVX-512, float32 layers of 32 or more output channels over windows larger
 // than 1x1 run with lanes along output channels (conv_forward_float_channels_32 and _64, either
-// stride; backward-data of 32 or more output channels, a stride-2 layer's 4 phases counted,
+// stride; backward-data of 32 or more output channels, a stride-2 layer's 4 phases counted where its
+// channels are whole vectors of 16,
 // conv_backward_data_float_channels_*). Forced on and off in turn, each against the float64
 // reference: partial tiles of channels (37, 67) and of pixels, K 3 and 5, and the shapes too
 // narrow or strided that keep the main kernels.
@@ -1059,7 +1122,8 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
     const std::vector<ConvShape> layers = {
         make_shape(2, 37, 9, 40, 3, 1),  make_shape(1, 5, 13, 67, 3, 2), make_shape(2, 64, 7, 33, 5, 1),
         make_shape(1, 33, 10, 64, 3, 1), make_shape(2, 40, 6, 37, 1, 1), make_shape(1, 7, 9, 5, 3, 1),
-        make_shape(2, 9, 13, 11, 3, 2),  make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2)};
+        make_shape(2, 9, 13, 11, 3, 2),  make_shape(1, 17, 10, 7, 3, 2), make_shape(1, 12, 11, 6, 5, 2),
+        make_shape(1, 16, 9, 7, 3, 2),   make_shape(2, 32, 8, 11, 3, 2), make_shape(1, 16, 11, 5, 5, 2)};
     for (const ConvShape &s : layers) {
         SCOPED_TRACE(shape_name(s));
         const ConvGeometry g{int(s.stride), int(s.pad)};
@@ -1083,7 +1147,7 @@ TEST(FloatConv, ChannelLanesAgainstFloat64Reference) {
             EXPECT_EQ(kernels::conv_forward_float_channels_64.calls() > forward_64, lanes && s.O >= 64)
                 << "forward, 64 channel lanes, full width " << full_width;
             const int64_t merged = s.C * s.stride * s.stride;  // a strided layer's phases merged
-            const bool data_lanes = full_width && s.K > 1 && merged >= 32;
+            const bool data_lanes = full_width && s.K > 1 && merged >= 32 && (s.stride == 1 || s.C % 16 == 0);
             EXPECT_EQ(kernels::conv_backward_data_float_channels_32.calls() > data_32, data_lanes && merged < 64)
                 << "backward-data, 32 channel lanes, full width " << full_width;
             EXPECT_EQ(kernels::conv_backward_data_float_channels_64.calls() > data_64, data_lanes && merged >= 64)
