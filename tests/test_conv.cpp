@@ -940,6 +940,40 @@ TEST(IntegerConv, NarrowBackwardDataMatchesPairsForEveryChunk) {
     }
 }
 
+// Merged stride-2 weights (O, M, 2, 2) for the window-tap tests below: random int8 values,
+// and the same with zeros in the slots that are not taps of `taps` for the phase each merged
+// channel holds (`phase_of`); the kernels read the window flipped (slot 1 - k of weight tap k).
+struct MergedTapWeights {
+    std::vector<int8_t> values, zeroed;
+};
+template <class PhaseOf>
+MergedTapWeights merged_tap_weights(std::mt19937 &rng, int64_t O, int64_t M, int taps, PhaseOf phase_of) {
+    auto tap = [](int t, int64_t phase, int64_t slot) { return (t >> (2 * phase + slot)) & 1; };
+    MergedTapWeights w;
+    w.values.resize(size_t(O * M * 4));
+    for (auto &v : w.values) v = int8_t(int(rng() % 15) - 7);
+    w.zeroed = w.values;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t ky = 0; ky < 2; ky++)
+                for (int64_t kx = 0; kx < 2; kx++) {
+                    const int64_t phase = phase_of(m);
+                    if (!(tap(taps, phase % 2, 1 - kx) && tap(taps, phase / 2, 1 - ky)))
+                        w.zeroed[size_t(((o * M + m) * 2 + ky) * 2 + kx)] = 0;
+                }
+    return w;
+}
+
+std::vector<int8_t> random_errors(std::mt19937 &rng, const Shape &shape) {
+    std::vector<int8_t> e(size_t(shape_numel(shape)));
+    for (auto &v : e) v = int8_t(int(rng() % 17) - 8);
+    return e;
+}
+
+bool same_bits(const Tensor &a, const Tensor &b) {
+    return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0;
+}
+
 // A stride-2 layer's merged 2x2 window (runtime/conv.cpp) holds 7 zero taps among its 16
 // (phase, slot) products for a 3x3 kernel with padding 1; the kernels told so
 // (kOddWindowTaps) skip them, the narrow sums' products and offset correction alike. Against
@@ -949,19 +983,9 @@ TEST(IntegerConv, NarrowBackwardDataSkipsThePhasesZeroTaps) {
     std::mt19937 rng(81);
     const int64_t O = 11, C = 3, M = 4 * C;  // merged channels 2 (2 c + py) + px
     const Shape e_shape = {2, O, 7, 9}, w_shape = {O, M, 2, 2}, d_shape = {2, C, 14, 18};
-    auto tap = [](int taps, int64_t phase, int64_t slot) { return (taps >> (2 * phase + slot)) & 1; };
-    std::vector<int8_t> e(size_t(shape_numel(e_shape))), w(size_t(shape_numel(w_shape))), zeroed;
-    for (auto &v : e) v = int8_t(int(rng() % 17) - 8);
-    for (auto &v : w) v = int8_t(int(rng() % 15) - 7);
-    zeroed = w;  // the same weights, zero where kOddWindowTaps has no tap
-    for (int64_t o = 0; o < O; o++)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t ky = 0; ky < 2; ky++)
-                for (int64_t kx = 0; kx < 2; kx++) {
-                    // The kernels read the window flipped: slot 1 - k of weight tap k.
-                    const bool is_tap = tap(kOddWindowTaps, m % 2, 1 - kx) && tap(kOddWindowTaps, (m / 2) % 2, 1 - ky);
-                    if (!is_tap) zeroed[size_t(((o * M + m) * 2 + ky) * 2 + kx)] = 0;
-                }
+    const std::vector<int8_t> e = random_errors(rng, e_shape);
+    const MergedTapWeights merged = merged_tap_weights(rng, O, M, kOddWindowTaps, [](int64_t m) { return m % 4; });
+    const std::vector<int8_t> &w = merged.values, &zeroed = merged.zeroed;
     std::vector<uint8_t> shift(size_t(O), 0);
     std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
     Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
@@ -980,25 +1004,22 @@ TEST(IntegerConv, NarrowBackwardDataSkipsThePhasesZeroTaps) {
                                            2, 1, 1, 3, taps, db, false, db);
         return d;
     };
-    auto same = [](const Tensor &a, const Tensor &b) {
-        return std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0;
-    };
     const Tensor expected = run_pairs(zeroed, kAllWindowTaps);
-    EXPECT_TRUE(same(run_narrow(zeroed, kOddWindowTaps), expected));
-    EXPECT_TRUE(same(run_narrow(w, kOddWindowTaps), expected));
-    EXPECT_TRUE(same(run_narrow(zeroed, kAllWindowTaps), expected));
-    EXPECT_TRUE(same(run_pairs(w, kOddWindowTaps), expected));  // the pairs skip them too
+    EXPECT_TRUE(same_bits(run_narrow(zeroed, kOddWindowTaps), expected));
+    EXPECT_TRUE(same_bits(run_narrow(w, kOddWindowTaps), expected));
+    EXPECT_TRUE(same_bits(run_narrow(zeroed, kAllWindowTaps), expected));
+    EXPECT_TRUE(same_bits(run_pairs(w, kOddWindowTaps), expected));  // the pairs skip them too
     {  // and the 4-term kernel (VNNI's; its offset +128 has a correction of its own)
         Tensor d = Tensor::uninitialized(d_shape);
         Buffer<float> db = nchw(d.data(), d_shape);
         kernels::conv_backward_data_dot4(nchw(e.data(), e_shape), nchw(w.data(), w_shape), s2b, scb, shifts, 2, 1, 1,
                                          kOddWindowTaps, db, false, db);
-        EXPECT_TRUE(same(d, expected));
+        EXPECT_TRUE(same_bits(d, expected));
     }
     // And the skipped slots were real work: with them, the weights give other results.
     const Tensor unskipped = run_pairs(w, kAllWindowTaps);
-    EXPECT_FALSE(same(unskipped, expected));
-    EXPECT_TRUE(same(run_narrow(w, kAllWindowTaps), unskipped));
+    EXPECT_FALSE(same_bits(unskipped, expected));
+    EXPECT_TRUE(same_bits(run_narrow(w, kAllWindowTaps), unskipped));
 }
 
 // The kernels with lanes along channels take a stride-2 layer's merged channels in blocks of
@@ -1012,21 +1033,11 @@ TEST(IntegerConv, ChannelLanesSkipThePhasesZeroTaps) {
     std::mt19937 rng(82);
     const int64_t O = 9, C = 32, M = 4 * C;
     const Shape e_shape = {2, O, 5, 7}, w_shape = {O, M, 2, 2}, d_shape = {2, C, 10, 14};
-    auto tap = [](int taps, int64_t phase, int64_t slot) { return (taps >> (2 * phase + slot)) & 1; };
-    std::vector<int8_t> e(size_t(shape_numel(e_shape))), w(size_t(shape_numel(w_shape))), zeroed;
-    for (auto &v : e) v = int8_t(int(rng() % 17) - 8);
-    for (auto &v : w) v = int8_t(int(rng() % 15) - 7);
-    zeroed = w;
-    std::vector<float> wf(w.begin(), w.end()), ef(e.begin(), e.end()), zeroed_f;
-    for (int64_t o = 0; o < O; o++)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t ky = 0; ky < 2; ky++)
-                for (int64_t kx = 0; kx < 2; kx++) {
-                    const int64_t phase = (m / 16) % 4;  // the kernels read the window flipped
-                    if (!(tap(kOddWindowTaps, phase % 2, 1 - kx) && tap(kOddWindowTaps, phase / 2, 1 - ky)))
-                        zeroed[size_t(((o * M + m) * 2 + ky) * 2 + kx)] = 0;
-                }
-    zeroed_f.assign(zeroed.begin(), zeroed.end());
+    const std::vector<int8_t> e = random_errors(rng, e_shape);
+    const MergedTapWeights merged =
+        merged_tap_weights(rng, O, M, kOddWindowTaps, [](int64_t m) { return (m / 16) % 4; });
+    const std::vector<int8_t> &w = merged.values, &zeroed = merged.zeroed;
+    const std::vector<float> wf(w.begin(), w.end()), ef(e.begin(), e.end()), zeroed_f(zeroed.begin(), zeroed.end());
     std::vector<uint8_t> shift(size_t(O), 0);
     std::vector<double> s2(2, 0.5), sc(size_t(C), 0.25);
     Buffer<const double> s2b(s2.data(), 2), scb(sc.data(), int(C));
@@ -1045,16 +1056,13 @@ TEST(IntegerConv, ChannelLanesSkipThePhasesZeroTaps) {
                                                       taps, db, false, db);
         return d;
     };
-    auto same = [](const Tensor &a, const Tensor &b) {
-        return std::memcmp(a.data(), b.data(), size_t(a.numel()) * sizeof(float)) == 0;
-    };
     const Tensor expected = run(zeroed, kAllWindowTaps);
-    EXPECT_TRUE(same(run(w, kOddWindowTaps), expected));
-    EXPECT_TRUE(same(run(zeroed, kOddWindowTaps), expected));
-    EXPECT_FALSE(same(run(w, kAllWindowTaps), expected));  // the skipped slots were real work
+    EXPECT_TRUE(same_bits(run(w, kOddWindowTaps), expected));
+    EXPECT_TRUE(same_bits(run(zeroed, kOddWindowTaps), expected));
+    EXPECT_FALSE(same_bits(run(w, kAllWindowTaps), expected));  // the skipped slots were real work
     const Tensor expected_float = run_float(zeroed_f, kAllWindowTaps);
-    EXPECT_TRUE(same(run_float(wf, kOddWindowTaps), expected_float));
-    EXPECT_FALSE(same(run_float(wf, kAllWindowTaps), expected_float));
+    EXPECT_TRUE(same_bits(run_float(wf, kOddWindowTaps), expected_float));
+    EXPECT_FALSE(same_bits(run_float(wf, kAllWindowTaps), expected_float));
     // The integer sums are small integers: exact in float32, so the two agree up to the scales.
     for (int64_t i = 0; i < expected.numel(); i++)
         ASSERT_EQ(expected.data()[i], float(double(expected_float.data()[i]) * 0.5 * 0.25)) << "element " << i;
